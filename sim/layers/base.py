@@ -1,0 +1,170 @@
+"""What every layer offers: its local messages (REFERENCE.md sections 1-4).
+
+A layer is an independent ``nn.Module`` on one device. It sees only its own input ``a_in``, its own output ``a`` and
+the message it receives; the scheduler owns the activation cache and passes these in, so a layer holds no hidden
+per-step state. Messages:
+
+* ``forward(a_in) -> a``: full output, aux units included, ``[B, *out_shape]``;
+* ``transpose(delta) -> W^T delta``: BP's message about the input;
+* ``feedback(delta, B) -> B^T delta``: FA's message through a fixed feedback weight of W's shape;
+* ``inverse(v, factors) -> W^{-1} v`` and ``inverse_target(y, factors) -> W^{-1}(y - b)``: GP's messages in
+  difference and target form (square layers only);
+* ``local_gradients(a_in, delta)``: the layer's own parameter update from ``delta = dLocalLoss/dz``.
+
+Shapes are per sample: ``in_shape`` is what the layer reads (the forwarded part of the layer below), ``out_shape`` is
+its full output (aux included); ``read(a)`` keeps the forwarded part, ``embed(d)`` is its adjoint (zeros on aux).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from sim.activation import Activation
+from sim.errors import NonFiniteError, ShapeError, SingularLayerError
+
+
+@dataclass(frozen=True)
+class InverseFactors:
+    """A square layer's weight prepared for repeated exact inversion within one step.
+
+    Exactly one of ``lu`` (with ``pivots``) or ``inv`` is set: an LU factorisation (the fast exact route) or an
+    explicit inverse (the reference implementation's cost, or a small conv kernel matrix applied to many patches).
+    """
+
+    lu: Tensor | None = None
+    pivots: Tensor | None = None
+    inv: Tensor | None = None
+
+    def solve(self, rhs: Tensor) -> Tensor:
+        """``M^{-1} rhs`` for ``rhs`` of shape ``[n, k]``."""
+        if self.inv is not None:
+            return self.inv @ rhs
+        return torch.linalg.lu_solve(self.lu, self.pivots, rhs)
+
+    def matrix(self) -> Tensor:
+        """The explicit inverse ``M^{-1}`` (computed from the LU factors when needed)."""
+        if self.inv is not None:
+            return self.inv
+        eye = torch.eye(self.lu.shape[-1], dtype=self.lu.dtype, device=self.lu.device)
+        return torch.linalg.lu_solve(self.lu, self.pivots, eye)
+
+
+def max_condition(dtype: torch.dtype) -> float:
+    """Condition number above which an inverse loses most of the digits GP's tiny nudges live in."""
+    return 1e-2 / torch.finfo(dtype).eps
+
+
+def factorize(matrix: Tensor, *, layer: str, method: str = "lu", check: bool = True) -> InverseFactors:
+    """Prepare a square matrix ``[n, n]`` for exact inversion, refusing singular or badly conditioned ones.
+
+    The check is cheap when all is well (the LU pivots bound the conditioning); only a suspicious matrix pays for the
+    full condition number, which then goes into the error message with the layer's name.
+    """
+    if method == "inv":
+        inv, info = torch.linalg.inv_ex(matrix)
+        factors = InverseFactors(inv=inv)
+        pivots_diag = None
+    elif method == "lu":
+        lu, pivots, info = torch.linalg.lu_factor_ex(matrix)
+        factors = InverseFactors(lu=lu, pivots=pivots)
+        pivots_diag = lu.diagonal().abs()
+    else:
+        raise ValueError(f"unknown inverse method {method!r}; use 'lu' or 'inv'")
+    if check:
+        suspicious = bool(info != 0)
+        if pivots_diag is not None and not suspicious:
+            # min/max pivot is a cheap lower bound on 1/cond (up to a modest factor).
+            ratio = (pivots_diag.min() / pivots_diag.max()).item()
+            suspicious = not math.isfinite(ratio) or ratio * 1e2 < 1 / max_condition(matrix.dtype)
+        elif pivots_diag is None and not suspicious:
+            suspicious = not bool(torch.isfinite(factors.inv).all())
+        if suspicious:
+            cond = torch.linalg.cond(matrix.double()).item() if bool(torch.isfinite(matrix).all()) else math.inf
+            if not math.isfinite(cond) or cond > max_condition(matrix.dtype):
+                raise SingularLayerError(
+                    f"layer {layer!r}: its square weight matrix ({matrix.shape[0]}x{matrix.shape[1]}) is singular or "
+                    f"badly conditioned (condition number {cond:.3g}, limit {max_condition(matrix.dtype):.3g} for "
+                    f"{matrix.dtype}); its inverse would drown GP's messages. Raise the orthogonality regulariser "
+                    "(ortho_lambda), lower the learning rate, or use float64."
+                )
+    return factors
+
+
+class Layer(nn.Module):
+    """Base class of all layers; subclasses implement the message methods listed in the module docstring."""
+
+    #: activation applied after the affine map
+    activation: Activation
+    #: True when the weight is square (invertible) and the layer may carry aux units
+    square: bool
+    #: per-sample shape the layer reads, e.g. ``(1024,)`` or ``(C, H, W)``
+    in_shape: tuple[int, ...]
+    #: per-sample shape of the full output, aux units included
+    out_shape: tuple[int, ...]
+    #: units (dense) or channels (conv) forwarded to the next layer
+    width: int
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    # ----- shapes -------------------------------------------------------------------------------------------------
+    @property
+    def read_shape(self) -> tuple[int, ...]:
+        """Per-sample shape of the forwarded part of the output."""
+        return (self.width, *self.out_shape[1:])
+
+    def read(self, a: Tensor) -> Tensor:
+        """The forwarded part of the output ``[B, *out_shape] -> [B, *read_shape]`` (first ``width`` units)."""
+        return a[:, : self.width]
+
+    def embed(self, d: Tensor) -> Tensor:
+        """Adjoint of :meth:`read`: a message about the forwarded part, zero on aux units (target = own activity)."""
+        if d.shape[1] == self.out_shape[0]:
+            return d
+        pad = d.new_zeros((d.shape[0], self.out_shape[0] - d.shape[1], *d.shape[2:]))
+        return torch.cat([d, pad], dim=1)
+
+    def check_input(self, a_in: Tensor) -> None:
+        """Refuse an input of the wrong shape, dtype or device with a message instead of a torch traceback."""
+        w = self.weight
+        if tuple(a_in.shape[1:]) != tuple(self.in_shape):
+            raise ShapeError(
+                f"layer {self.name!r} reads inputs of shape [B, {', '.join(map(str, self.in_shape))}], "
+                f"got {list(a_in.shape)}; check the layer widths and the data's image shape."
+            )
+        if a_in.dtype != w.dtype:
+            raise ShapeError(
+                f"layer {self.name!r} holds {w.dtype} weights but got a {a_in.dtype} input; cast the input "
+                f"(x.to({w.dtype})) or build the network with dtype={str(a_in.dtype).removeprefix('torch.')}."
+            )
+        if a_in.device != w.device:
+            raise ShapeError(
+                f"layer {self.name!r} lives on {w.device} but got an input on {a_in.device}; move the batch with "
+                f"x.to('{w.device}')."
+            )
+
+    # ----- the square matrix --------------------------------------------------------------------------------------
+    def square_matrix(self) -> Tensor:
+        """The weight as an ``n x n`` matrix (square layers only), the object of inversion and the regulariser."""
+        raise NotImplementedError
+
+    def factorize(self, method: str = "lu", check: bool = True) -> InverseFactors:
+        """Factorise this layer's square matrix for this step's inverse messages."""
+        if not self.square:
+            raise ShapeError(f"layer {self.name!r} is not square and cannot be inverted")
+        return factorize(self.square_matrix().detach(), layer=self.name, method=method, check=check)
+
+    def check_finite(self, tensor: Tensor, quantity: str, step: int | None = None) -> None:
+        """Raise :class:`NonFiniteError` naming this layer, the quantity and the step if ``tensor`` has NaN/Inf."""
+        if not bool(torch.isfinite(tensor).all()):
+            where = f" at step {step}" if step is not None else ""
+            raise NonFiniteError(
+                f"non-finite {quantity} in layer {self.name!r}{where}; lower the learning rate, check the input "
+                "data for NaN/Inf, or raise ortho_lambda.",
+                step=step, layer=self.name, quantity=quantity,
+            )

@@ -1,0 +1,22 @@
+"""Backprop as a local message: ``e_{l-1} = W_l^T (D_l e_l)`` (REFERENCE.md section 3).
+
+Each layer sends its own transposed weight's message, so the updates equal autograd's gradient of the batch-summed
+cross-entropy (tested against ``torch.autograd``).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from sim.layers.base import Layer
+from sim.message import Message
+from sim.rules.base import Rule, RuleSettings, register
+
+
+@register
+class Backprop(Rule):
+    name = "bp"
+    defaults = RuleSettings(lr=1.9e-5, betas=(0.9, 0.999), eps=1e-6, ortho_lambda=0.0)
+
+    def message_down(self, layer: Layer, a_in: Tensor, a: Tensor, msg: Message) -> Message:
+        return Message.from_error(layer.transpose(layer.activation.derivative(a) * msg.error))

@@ -1,0 +1,30 @@
+"""Feedback alignment: ``e_{l-1} = B_l^T (D_l e_l)`` with a fixed random ``B_l`` of ``W_l``'s shape
+(REFERENCE.md section 6). ``B_l`` is orthogonal (gain 1), drawn from the feedback generator, which is seeded
+independently of every forward weight. With ``B_l = W_l`` the rule is BP (tested).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from sim.layers.base import Layer
+from sim.message import Message
+from sim.rules.base import Rule, RuleSettings, register
+
+
+@register
+class FeedbackAlignment(Rule):
+    name = "fa"
+    defaults = RuleSettings(lr=2.5e-5, betas=(0.9, 0.99), eps=1e-4, ortho_lambda=0.0)
+
+    def __init__(self, layer: Layer, settings: RuleSettings, generator: torch.Generator | None = None) -> None:
+        super().__init__(layer, settings, generator)
+        init = torch.empty(layer.weight.shape, dtype=torch.float64)
+        nn.init.orthogonal_(init, gain=1.0, generator=generator)
+        # A buffer, not a parameter: it travels with the layer's device and checkpoints but is never trained.
+        self.register_buffer("feedback_weight", init.to(dtype=layer.weight.dtype, device=layer.weight.device))
+
+    def message_down(self, layer: Layer, a_in: Tensor, a: Tensor, msg: Message) -> Message:
+        delta = layer.activation.derivative(a) * msg.error
+        return Message.from_error(layer.feedback(delta, self.feedback_weight))

@@ -1,0 +1,62 @@
+"""Gradient-adjusted incremental target propagation: the machinery shared by vanilla and normalized GP
+(REFERENCE.md section 2).
+
+Given the received message ``(d_l, m_l)`` about a square layer's output ``a_l`` (``[B, *out_shape]``, aux included),
+the message about its input is made with the layer's exact inverse:
+
+* ``gamma_l`` per sample (the subclass decides: a constant, or ``eta sqrt(N_l) / ||d_l||``);
+* ``m_{l-1} = m_l / gamma_l``;
+* difference form: ``u = gamma D^2 d``, ``v = f^{-1}(a + u) - f^{-1}(a)`` without cancellation,
+  ``d_{l-1} = W^{-1} v``;
+* target form (eq. 4): ``t = a + d``, ``eps = gamma D^2``,
+  ``t_{l-1} = W^{-1}(f^{-1}((1 - eps) a + eps t) - b)``, and ``d_{l-1} = t_{l-1} - a_{l-1}`` by subtraction, which
+  loses ``d`` to cancellation in float32: that is the paper's arithmetic, kept to reproduce it.
+
+In exact arithmetic both forms are equal; linearised, ``m_{l-1} d_{l-1} = W^{-1} D m_l d_l``, BP's recursion when W is
+orthogonal (section 3).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from sim.layers.base import Layer
+from sim.message import Message
+from sim.rules.base import Rule
+
+
+class GaitProp(Rule):
+    """Base of the GP rules; subclasses define :meth:`gamma`."""
+
+    inverts = True
+
+    def gamma(self, d: Tensor) -> Tensor:
+        """Per-sample step ``[B]`` for a difference ``d`` ``[B, *out_shape]``."""
+        raise NotImplementedError
+
+    def top_message(self, a: Tensor, e: Tensor) -> Message:
+        if self.settings.arithmetic == "target":
+            # The paper materialises the output target t_L = a_L - e and subtracts a_L again.
+            return Message(d=(a - e) - a, m=e.new_ones(e.shape[0]))
+        return Message.from_error(e)
+
+    def message_down(self, layer: Layer, a_in: Tensor, a: Tensor, msg: Message) -> Message:
+        factors = layer.factorize(self.settings.inverse)
+        gamma = self.gamma(msg.d)
+        g = gamma.reshape(gamma.shape + (1,) * (a.dim() - 1))
+        d2 = layer.activation.derivative(a) ** 2
+        if self.settings.arithmetic == "target":
+            t = msg.target(a)
+            eps = g * d2
+            t_in = layer.inverse_target(layer.activation.inverse((1 - eps) * a + eps * t), factors)
+            d_in = t_in - a_in
+        else:
+            u = g * d2 * msg.d
+            d_in = layer.inverse(layer.activation.inverse_difference(a, u), factors)
+        return Message(d=d_in, m=msg.m / gamma)
+
+
+def per_sample_norm(d: Tensor) -> Tensor:
+    """``||d_b||_2`` for each sample ``[B, ...] -> [B]``."""
+    return torch.linalg.vector_norm(d.reshape(d.shape[0], -1), dim=1)

@@ -1,0 +1,19 @@
+"""Vanilla GP (Ahmad et al. 2020): a constant ``gamma`` (1e-3) in every layer, so offsets shrink as ``gamma^depth``
+and the target form collapses in deep nets (REFERENCE.md section 2)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from sim.rules.base import RuleSettings, register
+from sim.rules.gait import GaitProp
+
+
+@register
+class VanillaGP(GaitProp):
+    name = "vgp"
+    uses = ("gamma", "arithmetic", "inverse")
+    defaults = RuleSettings(lr=1.9e-5, betas=(0.9, 0.999), eps=1e-6, ortho_lambda=100.0, gamma=1e-3)
+
+    def gamma(self, d: Tensor) -> Tensor:
+        return d.new_full((d.shape[0],), self.settings.gamma)

@@ -1,0 +1,259 @@
+"""The scheduler: forward phase, top-down message phase, plasticity phase, regulariser, optimiser step
+(REFERENCE.md section 2).
+
+Each phase is a function of the network, the batch and what earlier phases returned; the scheduler owns the
+activation cache (:class:`ForwardPass`) and hands each layer only its own input, output and received message.
+Optional **noise floors** add Gaussian noise of a per-layer std to the top-down messages (to the difference
+``d = t - a`` every layer receives, the output layer's included) and, separately, to the forward activities, drawn
+from the scheduler's seeded generator. A std of 0 draws nothing, so it is bitwise identical to no noise.
+
+Updates land in ``.grad`` (raw update plus the regulariser's gradient), so one ``torch.optim.Adam`` with a parameter
+group per layer (its rule's lr, betas, eps) serves every rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sim import regularizer
+from sim.errors import ConfigError, NonFiniteError, ShapeError
+from sim.message import Message
+from sim.network import Network, seed_streams
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """Gaussian noise stds, one number for every layer or one per layer (bottom to top)."""
+
+    message_std: float | tuple[float, ...] = 0.0
+    """Std of the noise added to the top-down difference message each layer receives."""
+    activity_std: float | tuple[float, ...] = 0.0
+    """Std of the noise added to each layer's forward activity (aux units included)."""
+
+    def per_layer(self, which: str, depth: int) -> tuple[float, ...]:
+        value = getattr(self, which)
+        stds = (float(value),) * depth if isinstance(value, (int, float)) else tuple(float(v) for v in value)
+        if len(stds) != depth:
+            raise ConfigError(f"noise.{which}: {len(stds)} values for a network of {depth} layers; give one or {depth}")
+        if not all(s >= 0 for s in stds):
+            raise ConfigError(f"noise.{which}: stds must be >= 0, got {stds}")
+        return stds
+
+
+@dataclass
+class ForwardPass:
+    """The activation cache of one batch.
+
+    Attributes:
+        inputs: ``inputs[l]`` is what layer l read, ``[B, *in_shape_l]``.
+        outputs: ``outputs[l]`` is layer l's full output, ``[B, *out_shape_l]``, aux units (and noise) included.
+        noise: the activity noise added to ``outputs[l]`` (None where none), so a BP reference can replay it.
+    """
+
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    noise: list[Tensor | None]
+
+
+@dataclass
+class StepResult:
+    """Everything one step computed before touching the weights.
+
+    Attributes:
+        loss: batch-summed cross-entropy (scalar).
+        logits: ``[B, classes]``.
+        forward: the activation cache.
+        messages: ``messages[l]`` is the message layer l received (noise included).
+        updates: ``updates[l]`` is layer l's raw update ``{'weight': ..., 'bias': ...}``, before regulariser and Adam.
+    """
+
+    loss: Tensor
+    logits: Tensor
+    forward: ForwardPass
+    messages: list[Message]
+    updates: list[dict[str, Tensor]]
+
+    def targets(self) -> list[Tensor]:
+        """Materialised targets ``t_l = a_l + d_l`` ``[B, *out_shape_l]`` for every layer."""
+        return [m.target(a) for m, a in zip(self.messages, self.forward.outputs)]
+
+
+def _gaussian(like: Tensor, std: float, generator: torch.Generator) -> Tensor:
+    return std * torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+
+
+def forward_phase(net: Network, x: Tensor, activity_noise: list[Tensor | None] | None = None) -> ForwardPass:
+    """Run every layer bottom-up, adding the given activity noise (one tensor or None per layer)."""
+    inputs, outputs = [], []
+    noise = activity_noise or [None] * len(net.layers)
+    h = x
+    for layer, n in zip(net.layers, noise):
+        layer.check_input(h)
+        a = layer(h)
+        if n is not None:
+            a = a + n
+        inputs.append(h)
+        outputs.append(a)
+        h = layer.read(a)
+    return ForwardPass(inputs, outputs, list(noise))
+
+
+def output_error(net: Network, a_out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """``e = 1/2 (softmax(logits) - onehot(y))`` on the logit units, 0 on aux units ``[B, n_out]``, and the
+    batch-summed cross-entropy."""
+    out = net.layers[-1]
+    logits = out.read(a_out)
+    loss = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+    e = 0.5 * (torch.softmax(logits, dim=1) - torch.nn.functional.one_hot(y, net.classes).to(logits.dtype))
+    return out.embed(e), loss
+
+
+def message_phase(net: Network, fp: ForwardPass, y: Tensor, message_std: tuple[float, ...] | None = None,
+                  generator: torch.Generator | None = None, check: bool = True, step: int | None = None
+                  ) -> tuple[list[Message], Tensor]:
+    """Top-down: the output error, then each layer's rule makes the message for the layer below.
+
+    Returns ``(messages, loss)`` with ``messages[l]`` the message layer l received.
+    """
+    layers, rules = net.layers, net.rules
+    e, loss = output_error(net, fp.outputs[-1], y)
+    if check and not bool(torch.isfinite(loss)):
+        raise NonFiniteError(f"non-finite loss at step {step}; lower the learning rate or check the inputs",
+                             step=step, layer=layers[-1].name, quantity="loss")
+    msg = rules[-1].top_message(fp.outputs[-1], e)
+    messages: list[Message | None] = [None] * len(layers)
+    for i in range(len(layers) - 1, -1, -1):
+        if message_std is not None and message_std[i] > 0:
+            msg = Message(msg.d + _gaussian(msg.d, message_std[i], generator), msg.m)
+        messages[i] = msg
+        if i == 0:
+            break
+        down = rules[i].message_down(layers[i], fp.inputs[i], fp.outputs[i], msg)
+        if check:
+            layers[i - 1].check_finite(down.d, "target difference (message from above)", step)
+            layers[i - 1].check_finite(down.m, "message multiplier", step)
+        msg = Message(layers[i - 1].embed(down.d), down.m)
+    return messages, loss
+
+
+def plasticity_phase(net: Network, fp: ForwardPass, messages: list[Message], check: bool = True,
+                     step: int | None = None) -> list[dict[str, Tensor]]:
+    """Every layer's raw update from its own input, output and received message."""
+    updates = []
+    for layer, rule, a_in, a, msg in zip(net.layers, net.rules, fp.inputs, fp.outputs, messages):
+        upd = rule.plasticity(layer, a_in, a, msg)
+        if check:
+            for k, v in upd.items():
+                layer.check_finite(v, f"{k} update", step)
+        updates.append(upd)
+    return updates
+
+
+class Scheduler:
+    """Orchestrates the phases of training a :class:`Network` and owns its optimiser and noise generator.
+
+    Args:
+        net: the network.
+        noise: noise floors (default: none).
+        seed: seeds the noise generator.
+        check_numerics: stop with a :class:`NonFiniteError` naming step, layer and quantity at the first NaN/Inf
+            (costs one host sync per tensor checked; turn off for speed on GPUs once a setup is trusted).
+    """
+
+    def __init__(self, net: Network, noise: NoiseFloor | None = None, seed: int = 0,
+                 check_numerics: bool = True) -> None:
+        self.net = net
+        self.noise = noise or NoiseFloor()
+        depth = len(net.layers)
+        self.message_std = self.noise.per_layer("message_std", depth)
+        self.activity_std = self.noise.per_layer("activity_std", depth)
+        self.check_numerics = check_numerics
+        self.generator = torch.Generator(device=net.device).manual_seed(seed_streams(seed, 3)[2])
+        groups = []
+        for layer, rule in zip(net.layers, net.rules):
+            s = rule.settings
+            groups.append({"params": [layer.weight, layer.bias], "lr": s.lr, "betas": tuple(s.betas), "eps": s.eps,
+                           "name": layer.name})
+        self.optimizer = torch.optim.Adam(groups)
+        self.step_count = 0
+
+    # ----- inputs -------------------------------------------------------------------------------------------------
+    def _check_batch(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        net = self.net
+        if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+            raise ShapeError("x and y must be torch tensors")
+        if tuple(x.shape[1:]) != tuple(net.config.input_shape):
+            raise ShapeError(f"inputs of shape [B, {', '.join(map(str, net.config.input_shape))}] expected, got "
+                             f"{list(x.shape)}; check the dataset's image size against the network's input_shape")
+        if y.dim() != 1 or y.shape[0] != x.shape[0]:
+            raise ShapeError(f"labels must be a vector of {x.shape[0]} class indices, got shape {list(y.shape)}")
+        if y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise ShapeError(f"labels must be integer class indices, got {y.dtype}")
+        if x.device != net.device or y.device != net.device:
+            raise ShapeError(f"the network lives on {net.device} but the batch is on {x.device}/{y.device}; "
+                             f"move it with .to('{net.device}')")
+        if x.dtype != net.dtype:
+            raise ShapeError(f"the network is {net.dtype} but the batch is {x.dtype}; cast it with .to({net.dtype})")
+        if self.check_numerics:
+            if not bool(torch.isfinite(x).all()):
+                raise NonFiniteError(f"non-finite values in the input batch at step {self.step_count}",
+                                     step=self.step_count, layer=net.names[0], quantity="input")
+            if bool((y < 0).any()) or bool((y >= net.classes).any()):
+                raise ShapeError(f"labels must lie in 0..{net.classes - 1}, got {int(y.min())}..{int(y.max())}")
+        return x, y.long()
+
+    def draw_activity_noise(self, x: Tensor) -> list[Tensor | None]:
+        """Pre-draw the activity noise of one batch (None where the std is 0), so BP references can replay it."""
+        if not any(s > 0 for s in self.activity_std):
+            return [None] * len(self.net.layers)
+        out, batch = [], x.shape[0]
+        for layer, std in zip(self.net.layers, self.activity_std):
+            like = torch.empty((batch, *layer.out_shape), dtype=self.net.dtype, device=self.net.device)
+            out.append(_gaussian(like, std, self.generator) if std > 0 else None)
+        return out
+
+    # ----- one step -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def compute(self, x: Tensor, y: Tensor) -> StepResult:
+        """Forward, message and plasticity phases on one batch; the weights are not touched."""
+        x, y = self._check_batch(x, y)
+        fp = forward_phase(self.net, x, self.draw_activity_noise(x))
+        messages, loss = message_phase(self.net, fp, y, self.message_std, self.generator, self.check_numerics,
+                                       self.step_count)
+        updates = plasticity_phase(self.net, fp, messages, self.check_numerics, self.step_count)
+        logits = self.net.layers[-1].read(fp.outputs[-1])
+        return StepResult(loss=loss, logits=logits, forward=fp, messages=messages, updates=updates)
+
+    @torch.no_grad()
+    def apply(self, result: StepResult) -> None:
+        """Write raw update + regulariser gradient into ``.grad`` and take the Adam step."""
+        for layer, rule, upd in zip(self.net.layers, self.net.rules, result.updates):
+            grad_w = upd["weight"]
+            lam = rule.settings.ortho_lambda
+            if layer.square and lam > 0:
+                w = layer.square_matrix()
+                grad_w = grad_w + regularizer.gradient(w, lam).reshape(grad_w.shape)
+            layer.weight.grad = grad_w
+            layer.bias.grad = upd["bias"]
+        self.optimizer.step()
+        self.step_count += 1
+
+    def train_step(self, x: Tensor, y: Tensor) -> StepResult:
+        """One full training step; returns what it computed (loss, logits, cache, messages, raw updates)."""
+        result = self.compute(x, y)
+        self.apply(result)
+        return result
+
+    # ----- state --------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Optimiser state, noise generator state and step counter (the network's weights are ``net.state_dict``)."""
+        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                "step": self.step_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.step_count = int(state["step"])
