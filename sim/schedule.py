@@ -31,7 +31,8 @@ class NoiseFloor:
     message_std: float | tuple[float, ...] = 0.0
     """Std of the noise added to the top-down difference message each layer receives."""
     activity_std: float | tuple[float, ...] = 0.0
-    """Std of the noise added to each layer's forward activity (aux units included)."""
+    """Std of the noise added to each layer's forward activity, entering through the pre-activation
+    (``a = f(z + noise)``, aux units included) so every rule sees one consistent noisy neuron."""
 
     def per_layer(self, which: str, depth: int) -> tuple[float, ...]:
         value = getattr(self, which)
@@ -50,7 +51,8 @@ class ForwardPass:
     Attributes:
         inputs: ``inputs[l]`` is what layer l read, ``[B, *in_shape_l]``.
         outputs: ``outputs[l]`` is layer l's full output, ``[B, *out_shape_l]``, aux units (and noise) included.
-        noise: the activity noise added to ``outputs[l]`` (None where none), so a BP reference can replay it.
+        noise: the activity noise added to layer l's pre-activation (None where none), so a BP reference can
+            replay it.
     """
 
     inputs: list[Tensor]
@@ -86,15 +88,13 @@ def _gaussian(like: Tensor, std: float, generator: torch.Generator) -> Tensor:
 
 
 def forward_phase(net: Network, x: Tensor, activity_noise: list[Tensor | None] | None = None) -> ForwardPass:
-    """Run every layer bottom-up, adding the given activity noise (one tensor or None per layer)."""
+    """Run every layer bottom-up, adding the given activity noise to each pre-activation (tensor or None)."""
     inputs, outputs = [], []
     noise = activity_noise or [None] * len(net.layers)
     h = x
     for layer, n in zip(net.layers, noise):
         layer.check_input(h)
-        a = layer(h)
-        if n is not None:
-            a = a + n
+        a = layer(h, n)
         inputs.append(h)
         outputs.append(a)
         h = layer.read(a)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from sim.errors import ConfigError
 from sim.layers.base import InverseFactors, Layer, factorize
+from sim.layers.conv import Conv
 from sim.layers.dense import Dense
 
 BUILDERS: dict[str, Callable[..., Layer]] = {}
@@ -21,4 +23,15 @@ def _build_dense(spec, *, name, in_shape, square, activation, dtype, device, gen
 
 BUILDERS["dense"] = _build_dense
 
-__all__ = ["BUILDERS", "Dense", "InverseFactors", "Layer", "factorize"]
+
+def _build_conv(spec, *, name, in_shape, square, activation, dtype, device, generator) -> Layer:
+    if spec.kernel is None or spec.stride is None:
+        raise ConfigError(f"layer {name!r}: a conv layer needs kernel and stride, got kernel={spec.kernel}, "
+                          f"stride={spec.stride}")
+    return Conv(name, in_shape, spec.width, spec.kernel, spec.stride, square=square, activation=activation,
+                dtype=dtype, device=device, generator=generator)
+
+
+BUILDERS["conv"] = _build_conv
+
+__all__ = ["BUILDERS", "Conv", "Dense", "InverseFactors", "Layer", "factorize"]

@@ -64,10 +64,9 @@ class Dense(Layer):
                f"{self.activation.name}"
 
     # ----- forward ------------------------------------------------------------------------------------------------
-    def forward(self, a_in: Tensor) -> Tensor:
-        """``[B, *in_shape] -> [B, n_out]``, aux units included."""
-        z = torch.nn.functional.linear(a_in.reshape(a_in.shape[0], -1), self.weight, self.bias)
-        return self.activation(z)
+    def preactivation(self, a_in: Tensor) -> Tensor:
+        """``z = W a_in + b``: ``[B, *in_shape] -> [B, n_out]``, aux units included."""
+        return torch.nn.functional.linear(a_in.reshape(a_in.shape[0], -1), self.weight, self.bias)
 
     def _unflatten(self, g: Tensor) -> Tensor:
         return g.reshape(g.shape[0], *self.in_shape)
@@ -88,8 +87,11 @@ class Dense(Layer):
         """Difference form: ``W^{-1} v`` for a pre-activation difference ``v`` ``[B, n] -> [B, *in_shape]``."""
         return self._unflatten(factors.solve(v.transpose(0, 1)).transpose(0, 1))
 
-    def inverse_target(self, y: Tensor, factors: InverseFactors) -> Tensor:
-        """Target form: ``W^{-1}(y - b)`` for a pre-activation target ``y`` ``[B, n] -> [B, *in_shape]``."""
+    def inverse_target(self, y: Tensor, factors: InverseFactors, a_in: Tensor | None = None) -> Tensor:
+        """Target form: ``W^{-1}(y - b)`` for a pre-activation target ``y`` ``[B, n] -> [B, *in_shape]``.
+
+        ``a_in`` (the forward input) is not needed by a dense layer; conv layers use it for the overlap correction.
+        """
         return self.inverse(y - self.bias, factors)
 
     # ----- plasticity ---------------------------------------------------------------------------------------------

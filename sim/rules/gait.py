@@ -49,7 +49,7 @@ class GaitProp(Rule):
         if self.settings.arithmetic == "target":
             t = msg.target(a)
             eps = g * d2
-            t_in = layer.inverse_target(layer.activation.inverse((1 - eps) * a + eps * t), factors)
+            t_in = layer.inverse_target(layer.activation.inverse((1 - eps) * a + eps * t), factors, a_in)
             d_in = t_in - a_in
         else:
             u = g * d2 * msg.d

@@ -1,0 +1,53 @@
+"""The ``python -m sim`` / ``gaitsim`` command line: one subcommand per module in :mod:`sim.commands`.
+
+Each subcommand module defines ``help`` (one line), ``add_arguments(parser)`` and ``main(args) -> int``; the
+dispatcher turns every :class:`~sim.errors.GaitsimError` into a one-line ``error: ...`` on stderr and exit status 2,
+so bad input never ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from sim.errors import GaitsimError
+
+#: subcommand name -> module implementing it
+COMMANDS = {
+    "angles": "sim.commands.angles",
+    "run": "sim.commands.run",
+    "bench": "sim.commands.bench",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gaitsim", description="Simulator for local learning rules (BP, FA, GP).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        p = sub.add_parser(name, help=module.help, description=module.help)
+        module.add_arguments(p)
+        p.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._main(args) or 0)
+    except GaitsimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""The ``python -m sim angles`` command: JSON contract, data folders, presets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from sim.cli import main as cli
+
+
+def test_angles_json_is_one_object_on_stdout():
+    out = subprocess.run([sys.executable, "-m", "sim", "angles", "--net", "digits_deep", "--rule", "gp",
+                          "--batch", "16", "--json"], capture_output=True, text=True, check=True).stdout
+    obj = json.loads(out)
+    assert set(obj) == {"layers", "angle_deg"}
+    assert obj["layers"] == ["dense1", "dense2", "dense3", "dense4", "dense5", "dense6", "output"]
+    assert len(obj["angle_deg"]) == 7 and max(obj["angle_deg"]) < 0.05  # float32, exactly orthogonal init
+
+
+def test_angles_reads_npz_shards_and_mixed_rules(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        np.savez(tmp_path / f"train_{k:02d}.npz", x=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8),
+                 y=rng.integers(0, 10, 20).astype(np.uint8))
+    assert cli(["angles", "--net", "digits_shallow", "--rule", "fa,gp,gp,gp", "--data", str(tmp_path),
+                "--batch", "24", "--json", "--perturb", "0.05", "--dtype", "float64"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    angles = obj["angle_deg"]
+    assert max(angles) < 20  # fa in the first layer learns from GP's message; its B is never used
+    assert cli(["angles", "--net", "digits_shallow", "--rule", "vgp", "--arithmetic", "target",
+                "--batch", "8"]) == 0
+    assert "angle_deg" in capsys.readouterr().out
