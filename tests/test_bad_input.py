@@ -6,8 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from sim import (ConfigError, LayerSpec, Network, NetworkConfig, NonFiniteError, Scheduler, ShapeError,
-                 SingularLayerError, preset)
+from sim import (
+    ConfigError,
+    LayerSpec,
+    Network,
+    NetworkConfig,
+    NonFiniteError,
+    Scheduler,
+    ShapeError,
+    SingularLayerError,
+    preset,
+)
 from sim.cli import main as cli
 from tests.helpers import batch, build
 
@@ -84,7 +93,7 @@ def test_mixed_dtypes_and_devices_are_refused():
     with pytest.raises(ShapeError, match="labels must lie in 0..9"):
         Scheduler(net).compute(x, y + 10)
     with pytest.raises(ShapeError, match="holds torch.float32 weights but got a torch.float64 input"):
-        net.layers[0](x.double()) if False else net.layers[0].check_input(x.double())
+        net.layers[0].check_input(x.double())
     if torch.cuda.is_available():  # pragma: no cover - exercised on GPU machines
         with pytest.raises(ShapeError, match="move it"):
             Scheduler(net).compute(x.cuda(), y.cuda())

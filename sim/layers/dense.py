@@ -96,5 +96,5 @@ class Dense(Layer):
 
     # ----- plasticity ---------------------------------------------------------------------------------------------
     def local_gradients(self, a_in: Tensor, delta: Tensor) -> dict[str, Tensor]:
-        """Gradient of the local loss from ``delta = dLoss/dz`` ``[B, n_out]``: ``dW = delta^T a_in``, ``db = sum delta``."""
+        """Local-loss gradient from ``delta = dLoss/dz`` ``[B, n_out]``: ``dW = delta^T a_in``, ``db = sum delta``."""
         return {"weight": delta.transpose(0, 1) @ a_in.reshape(a_in.shape[0], -1), "bias": delta.sum(0)}
