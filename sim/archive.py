@@ -1,0 +1,321 @@
+"""One zarr v3 store per run, growing as training runs (docs/runs.md has every variable, dim and unit).
+
+The store is written with zarr directly, in the layout xarray reads (``dimension_names`` on every array, non-index
+coordinates listed in each variable's ``coordinates`` attribute), so ``xr.open_zarr(store)`` gives a Dataset with
+
+* dims ``step`` (global optimizer step, 0-based), ``epoch`` (1-based), ``layer``, ``checkpoint`` (epochs at which
+  the probe batch was recorded, 0 = before training), ``probe`` (sample in the probe batch) and one set of unit dims
+  per layer (``unit_<layer>`` for dense layers, ``channel_/row_/col_<layer>`` for conv layers);
+* per step ``loss``, ``angle(step, layer)``, ``batch_size``; per epoch ``train_top1`` ... ``test_loss``,
+  ``ortho_error(epoch, layer)``, ``epoch_wall_s``; per checkpoint ``activity_<layer>`` and ``target_<layer>``.
+
+**Growing safely.** Rows are appended per epoch: every array of a dim is resized and written, then :meth:`commit`
+rewrites the consolidated metadata in the root ``zarr.json`` (one atomic file replace). Readers use the consolidated
+metadata, so they see the store as of the last commit: a crash at any point leaves a readable, self-consistent
+prefix. zarr's ``LocalStore`` writes every file atomically (temp file + rename), so rewriting a partly filled chunk
+never leaves a torn chunk either. :meth:`truncate` cuts every dim back to given lengths (resume).
+
+Every ``OSError`` (full disk, read-only folder) becomes an :class:`ArchiveError` naming the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from sim.errors import GaitsimError
+
+#: rows per chunk along ``epoch`` and ``checkpoint`` (coordinates); a step chunk holds one epoch's steps
+EPOCH_CHUNK = 64
+
+#: per-epoch scalar variables: name -> (units, description)
+EPOCH_METRICS: dict[str, tuple[str, str]] = {
+    "train_top1": ("1", "top-1 accuracy on the whole train split after the epoch (fraction of samples)"),
+    "train_top5": ("1", "top-5 accuracy (top-min(5, classes)) on the whole train split after the epoch"),
+    "test_top1": ("1", "top-1 accuracy on the whole test split after the epoch (fraction of samples)"),
+    "test_top5": ("1", "top-5 accuracy (top-min(5, classes)) on the whole test split after the epoch"),
+    "train_loss": ("nat", "mean cross-entropy per sample on the whole train split after the epoch"),
+    "test_loss": ("nat", "mean cross-entropy per sample on the whole test split after the epoch"),
+    "epoch_wall_s": ("s", "wall-clock time of the epoch: training steps, evaluation and recording"),
+}
+
+
+class ArchiveError(GaitsimError, OSError):
+    """The run store (or a checkpoint) could not be written or read: full disk, read-only folder, damaged store.
+    The message names the path."""
+
+
+@contextlib.contextmanager
+def io_errors(path: Path | str, what: str) -> Iterator[None]:
+    """Turn an ``OSError`` raised inside the block into an :class:`ArchiveError` naming ``path``."""
+    try:
+        yield
+    except ArchiveError:
+        raise
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ArchiveError(f"cannot {what} {path}: {reason}; check that the folder is writable and the disk has "
+                           f"space (earlier checkpoints are left intact)") from exc
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What the archive needs to know about one layer."""
+
+    name: str
+    """Layer name (``dense1`` ... ``output``)."""
+    rule: str
+    """Rule name."""
+    square: bool
+    """Whether the layer is square (has an orthogonality error)."""
+    out_shape: tuple[int, ...]
+    """Per-sample full output shape, aux units included."""
+
+    @property
+    def unit_dims(self) -> tuple[str, ...]:
+        """Dim names of one sample's activity: ``unit_<name>`` (dense) or ``channel/row/col_<name>`` (conv)."""
+        if len(self.out_shape) == 1:
+            return (f"unit_{self.name}",)
+        if len(self.out_shape) == 3:
+            return (f"channel_{self.name}", f"row_{self.name}", f"col_{self.name}")
+        return tuple(f"unit{i}_{self.name}" for i in range(len(self.out_shape)))
+
+
+@dataclass(frozen=True)
+class Lengths:
+    """How many rows the store holds along each growing dim."""
+
+    steps: int
+    epochs: int
+    checkpoints: int
+
+
+_FILL = {"f": math.nan, "i": -1, "b": False}
+
+
+@contextlib.contextmanager
+def _quiet_zarr() -> Iterator[None]:
+    """Silence zarr's notes that consolidated metadata is not yet in the v3 spec and that the checkpoint folder
+    inside the store is not a zarr node (both expected here)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Object at .* is not recognized", category=UserWarning)
+        yield
+
+
+class RunArchive:
+    """A run's zarr store, open for appending. Create with :meth:`create`, reopen with :meth:`open`."""
+
+    def __init__(self, path: Path, group: zarr.Group) -> None:
+        self.path = path
+        self.group = group
+        self.layers = [str(v) for v in group["layer"][:]]
+        self._arrays: dict[str, zarr.Array] = dict(group.arrays())
+        self._by_dim: dict[str, list[zarr.Array]] = {"step": [], "epoch": [], "checkpoint": []}
+        for arr in self._arrays.values():
+            first = (arr.metadata.dimension_names or (None,))[0]
+            if first in self._by_dim:
+                self._by_dim[first].append(arr)
+
+    # ----- creation -----------------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: Path | str, *, layers: Sequence[LayerInfo], steps_per_epoch: int,
+               probe_labels: np.ndarray | None, activity_dtype: str, attrs: dict[str, Any]) -> RunArchive:
+        """A new, empty store at ``path`` (which must not exist) with every variable at length 0 along the growing
+        dims, the static coordinates filled in, ``attrs`` set and ``complete = False``; committed."""
+        path = Path(path)
+        with io_errors(path, "create the run store"):
+            # the attributes (config included) go into the very first zarr.json: a store is a run store from its
+            # first file on, so a crash during creation leaves something --overwrite or --resume recognises
+            group = zarr.open_group(str(path), mode="w-", zarr_format=3, attributes={**attrs, "complete": False})
+            n_layers = len(layers)
+            steps_chunk = max(1, int(steps_per_epoch))
+
+            def array(name, shape, chunks, dtype, dims, *, units=None, description=None, coords=None, data=None):
+                dt = np.dtype(dtype) if dtype is not str else None
+                fill = "" if dt is None else _FILL.get(dt.kind, 0)
+                attributes = {}
+                if units is not None:
+                    attributes["units"] = units
+                if description is not None:
+                    attributes["description"] = description
+                if coords:
+                    attributes["coordinates"] = " ".join(coords)
+                arr = group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=dims,
+                                         fill_value=fill, attributes=attributes)
+                if data is not None:
+                    arr[...] = data
+                return arr
+
+            # static coordinates
+            array("layer", (n_layers,), (n_layers,), str, ["layer"], description="layer names, bottom to top",
+                  data=np.array([layer.name for layer in layers], dtype=object))
+            array("rule", (n_layers,), (n_layers,), str, ["layer"], description="plasticity rule of each layer",
+                  data=np.array([layer.rule for layer in layers], dtype=object))
+            array("square", (n_layers,), (n_layers,), "bool", ["layer"],
+                  description="whether the layer is square (invertible, may carry aux units)",
+                  data=np.array([layer.square for layer in layers]))
+            layer_coords = ["rule", "square"]
+
+            # per step
+            array("step", (0,), (steps_chunk,), "int64", ["step"], units="step",
+                  description="global optimizer step, 0-based")
+            array("step_epoch", (0,), (steps_chunk,), "int64", ["step"], units="epoch",
+                  description="the epoch (1-based) each step belongs to")
+            array("loss", (0,), (steps_chunk,), "float64", ["step"], units="nat", coords=["step_epoch"],
+                  description="mean cross-entropy per sample of the step's training batch (before the update)")
+            array("batch_size", (0,), (steps_chunk,), "int64", ["step"], units="sample", coords=["step_epoch"],
+                  description="samples in the step's training batch")
+            array("angle", (0, n_layers), (steps_chunk, n_layers), "float64", ["step", "layer"], units="degree",
+                  coords=["step_epoch", *layer_coords],
+                  description="angle between each layer's raw update and BP's gradient on the same batch and "
+                              "weights (sim.compare); NaN at steps where it was not measured")
+            # per epoch
+            array("epoch", (0,), (EPOCH_CHUNK,), "int64", ["epoch"], units="epoch", description="epoch, 1-based")
+            for name, (units, desc) in EPOCH_METRICS.items():
+                array(name, (0,), (EPOCH_CHUNK,), "float64", ["epoch"], units=units, description=desc)
+            array("ortho_error", (0, n_layers), (EPOCH_CHUNK, n_layers), "float64", ["epoch", "layer"],
+                  units="1", coords=layer_coords,
+                  description="||W W^T - I||_F / sqrt(n) of each square layer after the epoch; NaN for non-square")
+            # per probe checkpoint
+            array("checkpoint", (0,), (EPOCH_CHUNK,), "int64", ["checkpoint"], units="epoch",
+                  description="epoch after which the probe batch was recorded; 0 = before training")
+            array("checkpoint_step", (0,), (EPOCH_CHUNK,), "int64", ["checkpoint"], units="step",
+                  description="optimizer steps taken when the probe batch was recorded")
+            if probe_labels is not None and len(probe_labels):
+                n_probe = len(probe_labels)
+                array("probe", (n_probe,), (n_probe,), "int64", ["probe"],
+                      description="sample index in the probe batch (= index in the test split)",
+                      data=np.arange(n_probe))
+                array("probe_label", (n_probe,), (n_probe,), "int64", ["probe"], description="label of each probe "
+                      "sample", data=np.asarray(probe_labels, dtype=np.int64))
+                for layer in layers:
+                    dims = ["checkpoint", "probe", *layer.unit_dims]
+                    shape, chunks = (0, n_probe, *layer.out_shape), (1, n_probe, *layer.out_shape)
+                    array(f"activity_{layer.name}", shape, chunks, activity_dtype, dims, units="1",
+                          coords=["checkpoint_step"], description=f"full output a of layer {layer.name} (aux units "
+                          "included) on the probe batch, no noise")
+                    array(f"target_{layer.name}", shape, chunks, "float64", dims, units="1",
+                          coords=["checkpoint_step"], description=f"target t = a + d of layer {layer.name} on the "
+                          "probe batch (no noise, no update applied), in float64 so that t - a recovers d")
+        archive = cls(path, group)
+        archive.commit()
+        return archive
+
+    @classmethod
+    def open(cls, path: Path | str) -> RunArchive:
+        """Reopen an existing store for appending (reads the arrays' own metadata, not the consolidated copy)."""
+        path = Path(path)
+        with io_errors(path, "open the run store"):
+            try:
+                with _quiet_zarr():
+                    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+                    return cls(path, group)
+            except (KeyError, FileNotFoundError, ValueError) as exc:
+                raise ArchiveError(f"{path} is not a readable gaitsim run store ({exc}); start over with "
+                                   "--overwrite") from None
+
+    # ----- appending ----------------------------------------------------------------------------------------------
+    @property
+    def lengths(self) -> Lengths:
+        """Rows along ``step``, ``epoch`` and ``checkpoint`` per the arrays' own metadata."""
+        return Lengths(*(int(self._arrays[d].shape[0]) for d in ("step", "epoch", "checkpoint")))
+
+    def _append(self, name: str, values: np.ndarray) -> None:
+        arr = self._arrays[name]
+        n = arr.shape[0]
+        values = np.asarray(values)
+        arr.resize((n + values.shape[0], *arr.shape[1:]))
+        arr[n:] = values
+
+    def append_steps(self, *, first_step: int, epoch: int, loss: np.ndarray, batch_size: np.ndarray,
+                     angle: np.ndarray) -> None:
+        """Append ``k`` steps starting at ``first_step``: ``loss [k]`` (mean CE per sample), ``batch_size [k]``,
+        ``angle [k, layers]`` (degrees, NaN where not measured), all of epoch ``epoch``."""
+        k = len(loss)
+        if k == 0:
+            return
+        if self.lengths.steps != first_step:
+            raise ArchiveError(f"{self.path}: appending steps from {first_step} to a store holding "
+                               f"{self.lengths.steps} steps")
+        with io_errors(self.path, "write to the run store"):
+            self._append("step", np.arange(first_step, first_step + k, dtype=np.int64))
+            self._append("step_epoch", np.full(k, epoch, dtype=np.int64))
+            self._append("loss", np.asarray(loss, dtype=np.float64))
+            self._append("batch_size", np.asarray(batch_size, dtype=np.int64))
+            self._append("angle", np.asarray(angle, dtype=np.float64).reshape(k, len(self.layers)))
+
+    def append_epoch(self, epoch: int, metrics: dict[str, float], ortho_error: np.ndarray) -> None:
+        """Append one epoch's row: every name of :data:`EPOCH_METRICS` and ``ortho_error [layers]``."""
+        with io_errors(self.path, "write to the run store"):
+            self._append("epoch", np.array([epoch], dtype=np.int64))
+            for name in EPOCH_METRICS:
+                self._append(name, np.array([metrics[name]], dtype=np.float64))
+            self._append("ortho_error", np.asarray(ortho_error, dtype=np.float64).reshape(1, len(self.layers)))
+
+    def append_probe(self, epoch: int, step: int, activities: Sequence[np.ndarray],
+                     targets: Sequence[np.ndarray]) -> None:
+        """Append one probe record: per layer the activity and target arrays ``[probe, *out_shape]``."""
+        with io_errors(self.path, "write to the run store"):
+            self._append("checkpoint", np.array([epoch], dtype=np.int64))
+            self._append("checkpoint_step", np.array([step], dtype=np.int64))
+            for name, a, t in zip(self.layers, activities, targets):
+                self._append(f"activity_{name}", np.asarray(a)[None])
+                self._append(f"target_{name}", np.asarray(t, dtype=np.float64)[None])
+
+    def truncate(self, lengths: Lengths) -> None:
+        """Cut every growing dim back to ``lengths`` (rows after it are dropped and will be rewritten); committed."""
+        target = {"step": lengths.steps, "epoch": lengths.epochs, "checkpoint": lengths.checkpoints}
+        with io_errors(self.path, "truncate the run store"):
+            for dim, arrays in self._by_dim.items():
+                for arr in arrays:
+                    if arr.shape[0] < target[dim]:
+                        raise ArchiveError(f"{self.path}: {arr.path} holds {arr.shape[0]} rows along {dim}, fewer "
+                                           f"than the checkpoint's {target[dim]}; the store is damaged, start over "
+                                           f"with --overwrite")
+                    if arr.shape[0] != target[dim]:
+                        arr.resize((target[dim], *arr.shape[1:]))
+        self.commit()
+
+    # ----- attributes and commits ---------------------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    def commit(self, **attrs: Any) -> None:
+        """Set ``attrs`` (if any), then rewrite the consolidated metadata: readers now see everything appended."""
+        with io_errors(self.path, "write to the run store"):
+            if attrs:
+                self.group.attrs.update(attrs)
+            with _quiet_zarr():
+                zarr.consolidate_metadata(self.group.store)
+
+
+def read_attrs(path: Path | str) -> dict[str, Any] | None:
+    """The root attributes of the zarr store at ``path``, or None if ``path`` holds no zarr group."""
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception:  # noqa: BLE001 - anything unreadable is "not a run store"
+        return None
+
+
+def open_run(path: Path | str):
+    """The run's ``xarray.Dataset`` (lazy), as of its last commit: ``xr.open_zarr(path)`` with zarr's note that
+    consolidated metadata is not yet part of the v3 spec silenced."""
+    import xarray as xr
+
+    with _quiet_zarr():
+        return xr.open_zarr(str(path))
