@@ -33,3 +33,16 @@ def test_angles_reads_npz_shards_and_mixed_rules(tmp_path, capsys):
     assert cli(["angles", "--net", "digits_shallow", "--rule", "vgp", "--arithmetic", "target",
                 "--batch", "8"]) == 0
     assert "angle_deg" in capsys.readouterr().out
+
+
+def test_angles_takes_the_class_count_from_the_data_for_conv_presets(tmp_path, capsys):
+    # 3 classes of 16x16 RGB images: the square GP output of a shrunken imagenet_conv must be sized for 3 logits,
+    # not the preset's default 1000 (which would not fit).
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "train_00.npz", x=rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8),
+             y=np.arange(12, dtype=np.uint8) % 3)
+    assert cli(["angles", "--net", "imagenet_conv", "--image-size", "16", "--width-mult", "0.25", "--rule", "gp",
+                "--data", str(tmp_path), "--batch", "6", "--json", "--dtype", "float64"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["layers"][-1] == "output" and len(obj["layers"]) == 8
+    assert max(obj["angle_deg"]) < 0.05

@@ -75,7 +75,9 @@ def main(args: argparse.Namespace) -> int:
     common = dict(settings=settings, dtype=args.dtype, device=args.device, seed=args.seed)
     x = y = None
     if args.data:
-        probe = preset(args.net, rules, **{**common, "device": "cpu"}, **kw)
+        # Only the input shape is needed before the data says how many classes there are: ask the preset with a
+        # non-inverting rule so a square output's "too few features for the classes" check cannot fire yet.
+        probe = preset(args.net, "bp", **{**kw, "classes": kw.get("classes", 2)})
         normalize = "imagenet" if args.net.startswith("imagenet") else "unit"
         x, y, classes = load_batch(args.data, args.batch, args.seed, probe.input_shape, normalize)
         kw.setdefault("classes", classes)
