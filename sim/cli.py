@@ -18,6 +18,7 @@ COMMANDS = {
     "angles": "sim.commands.angles",
     "run": "sim.commands.run",
     "bench": "sim.commands.bench",
+    "lease": "sim.commands.lease",
 }
 
 

@@ -1,0 +1,42 @@
+# gaitsim workflow: train every run of a study, then draw its figures and table (docs/workflow.md).
+#
+#   snakemake --cores all                                   # the quick study on the embedded digits (CPU, minutes)
+#   snakemake --cores all --configfile config/paper.yaml    # the paper's CIFAR-10 (and ImageNet) runs
+#   snakemake --report report.html                          # figures and table with captions
+#
+# Wiring only: the helpers live in workflow/rules/common.smk, one stage per workflow/rules/*.smk.
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# the default study; `--configfile FILE` extends it (every config names its `study`). Found from the Snakefile, so
+# that `--directory DIR` (outputs elsewhere) still reads it.
+configfile: f"{workflow.basedir}/config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")  # the run sections: common.smk, sim/schema/run.schema.json
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/figures.smk"
+include: "workflow/rules/table.smk"
+
+
+wildcard_constraints:
+    study=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    experiment=r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+~[A-Za-z0-9._+-]+)*",
+    rule=r"[a-z0-9]+(\+[a-z0-9]+)?",
+    seed=r"[0-9]+",
+
+
+rule all:
+    input:
+        final_targets(),
+    default_target: True
+    localrule: True

@@ -1,0 +1,55 @@
+"""``python -m sim lease -- COMMAND ...``: run a command on a leased GPU (the CLI twin of :mod:`sim.gpu`).
+
+Takes a lease exactly as the workflow's training job does, runs COMMAND with ``CUDA_VISIBLE_DEVICES`` set to the
+leased GPU (so it sees one GPU, ``cuda:0``) and ``GAITSIM_DEVICE`` set to ``cuda:0`` or ``cpu``, passes the locked
+descriptor to the child (the GPU stays leased while either process lives) and exits with the command's status::
+
+    python -m sim lease -- python -m sim run configs/cifar10_deep_gp.yaml --out results/x.zarr --device cuda
+    python -m sim lease --status          # which GPUs of the pool are leased, by which process
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+help = "run a command on a GPU leased for it alone (or list the leases)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                   help="seconds to wait while every GPU is leased (default 600; 0 tries once)")
+    p.add_argument("--require-gpu", action="store_true", help="fail instead of using the CPU when there is no GPU")
+    p.add_argument("--fallback-cpu", action="store_true",
+                   help="use the CPU when every GPU stays leased for the whole timeout")
+    p.add_argument("--status", action="store_true", help="list the pool's devices and who holds each, then exit")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND ...", help="the command to run")
+
+
+def main(args: argparse.Namespace) -> int:
+    from sim.errors import ConfigError
+    from sim.gpu import lease_gpu, lease_status, lock_dir
+
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if args.status:
+        pool = lease_status()
+        if not pool:
+            print("no GPU in the pool (GAITSIM_GPU_POOL, CUDA_VISIBLE_DEVICES, nvidia-smi -L)")
+        for device_id, holder in pool:
+            state = "free" if holder is None else f"leased by pid {holder}"
+            print(f"gpu {device_id}: {state}")
+        print(f"lock folder: {lock_dir()}")
+        return 0
+    if not cmd:
+        raise ConfigError("give the command to run after --, e.g. `python -m sim lease -- python train.py`")
+    with lease_gpu(args.timeout, require_gpu=args.require_gpu, fallback_cpu=args.fallback_cpu,
+                   set_env=False) as lease:
+        env = {**os.environ, **lease.env, "GAITSIM_DEVICE": lease.device}
+        print(f"lease: {lease.device} (gpu {lease.physical_id or '-'}, {lease.source})", file=sys.stderr)
+        fds = (lease.fd,) if lease.fd is not None else ()
+        try:
+            return subprocess.run(cmd, env=env, pass_fds=fds).returncode
+        except FileNotFoundError:
+            raise ConfigError(f"command not found: {cmd[0]}") from None

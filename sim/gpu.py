@@ -1,0 +1,289 @@
+"""GPU leasing: each training process takes one free GPU for itself, before CUDA starts (docs/workflow.md).
+
+``snakemake --resources gpu=N`` only caps how many GPU jobs run at once; it never says *which* GPU a job should use,
+so N jobs started together would all land on ``cuda:0``. Each job therefore leases a device itself::
+
+    from sim.gpu import lease_gpu
+    with lease_gpu(timeout=600) as lease:     # before anything touches torch.cuda
+        run(cfg, out, device=lease.device)    # 'cuda:0' (the leased GPU, alone in CUDA_VISIBLE_DEVICES) or 'cpu'
+
+How a lease works:
+
+* **The pool** of candidate devices is, in this order: ``GAITSIM_GPU_POOL`` (comma-separated ids, e.g. ``0,1,2,3``;
+  empty = no GPU; injectable for tests), else the entries of an existing ``CUDA_VISIBLE_DEVICES`` (we lease among
+  those only), else the GPUs ``nvidia-smi -L`` lists. None of these initialises CUDA.
+* **A cluster allocation is used as is**: inside a SLURM job (``SLURM_JOB_ID`` set) that was given GPUs
+  (``CUDA_VISIBLE_DEVICES`` set by SLURM), the allocation is the job's alone; nothing is locked or changed.
+* **One lock file per device** in the lock folder (``GAITSIM_GPU_LOCK_DIR``, default ``$XDG_RUNTIME_DIR/gaitsim-gpu-
+  locks`` or ``/tmp/gaitsim-gpu-locks``), taken with ``fcntl.flock(LOCK_EX | LOCK_NB)`` and held for the life of the
+  process. The kernel drops the lock when the descriptor closes, so a process that dies, even by SIGKILL, frees its
+  GPU; there is no stale-lock cleanup to get wrong. The descriptor is close-on-exec (commands started with ``exec``
+  do not inherit it); processes *forked* from the holder (e.g. DataLoader workers) share it, so the GPU stays leased
+  while any of them lives.
+* **CUDA_VISIBLE_DEVICES is set to the leased device** before torch initialises CUDA, so the process sees exactly
+  one GPU, ``cuda:0``. If CUDA is already initialised in this process the lease is refused (the setting would be
+  ignored and the process would silently share GPU 0).
+* **No GPU, no wait**: an empty pool gives a CPU lease (``device == 'cpu'``) unless ``require_gpu`` is set. When every
+  GPU is leased, ``lease_gpu`` polls until one is freed or ``timeout`` seconds pass (then ``GpuLeaseTimeout``, or
+  the CPU with ``fallback_cpu=True``).
+
+The command-line twin is ``python -m sim lease -- COMMAND ...`` (:mod:`sim.commands.lease`).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sim.errors import GaitsimError
+
+POOL_ENV = "GAITSIM_GPU_POOL"
+LOCK_DIR_ENV = "GAITSIM_GPU_LOCK_DIR"
+VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
+
+
+class GpuLeaseError(GaitsimError, RuntimeError):
+    """A GPU lease that cannot be taken as asked (no GPU where one is required, CUDA already initialised)."""
+
+
+class GpuLeaseTimeout(GpuLeaseError, TimeoutError):
+    """Every GPU of the pool stayed leased for the whole timeout."""
+
+
+# ----- the pool -----------------------------------------------------------------------------------------------------
+def _split_ids(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _nvidia_smi_ids() -> list[str]:
+    """GPU indices listed by ``nvidia-smi -L`` (``GPU 0: NVIDIA H100 ... (UUID: GPU-...)``); [] without it."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if out.returncode != 0:
+        return []
+    return [m.group(1) for m in re.finditer(r"^GPU (\d+):", out.stdout, flags=re.MULTILINE)]
+
+
+def in_cluster_allocation(env: dict[str, str] | None = None) -> bool:
+    """True inside a SLURM job whose GPUs SLURM chose (``SLURM_JOB_ID`` and ``CUDA_VISIBLE_DEVICES`` both set)."""
+    env = os.environ if env is None else env
+    return bool(env.get("SLURM_JOB_ID")) and bool(_split_ids(env.get(VISIBLE_ENV, "")))
+
+
+def gpu_pool(env: dict[str, str] | None = None) -> list[str]:
+    """The device ids a lease chooses among (strings as ``CUDA_VISIBLE_DEVICES`` takes them: indices or UUIDs),
+    without initialising CUDA: ``GAITSIM_GPU_POOL``, else ``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi -L``.
+
+    ``CUDA_VISIBLE_DEVICES`` set but empty, or ``-1``, means no GPU (as CUDA reads it).
+    """
+    env = os.environ if env is None else env
+    if POOL_ENV in env:
+        return _split_ids(env[POOL_ENV])
+    if VISIBLE_ENV in env:
+        ids = _split_ids(env[VISIBLE_ENV])
+        return [] if ids[:1] == ["-1"] else ids
+    return _nvidia_smi_ids()
+
+
+def lock_dir(env: dict[str, str] | None = None) -> Path:
+    """The folder of the per-device lock files: ``GAITSIM_GPU_LOCK_DIR``, else ``$XDG_RUNTIME_DIR/gaitsim-gpu-locks``,
+    else ``/tmp/gaitsim-gpu-locks``. Every process that shares the GPUs must use the same folder."""
+    env = os.environ if env is None else env
+    if env.get(LOCK_DIR_ENV):
+        return Path(env[LOCK_DIR_ENV])
+    if env.get("XDG_RUNTIME_DIR"):
+        return Path(env["XDG_RUNTIME_DIR"]) / "gaitsim-gpu-locks"
+    return Path("/tmp/gaitsim-gpu-locks")
+
+
+def _lock_name(device_id: str) -> str:
+    return "gpu-" + re.sub(r"[^A-Za-z0-9_.-]", "_", device_id) + ".lock"
+
+
+def _cuda_initialized() -> bool:
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    try:
+        return bool(torch.cuda.is_initialized())
+    except Exception:  # noqa: BLE001 - a broken torch build cannot have initialised CUDA
+        return False
+
+
+# ----- the lease ----------------------------------------------------------------------------------------------------
+@dataclass
+class Lease:
+    """A leased GPU (or the CPU). Use as a context manager, or call :meth:`release`; the kernel frees the lock when
+    the process ends in any case."""
+
+    device: str
+    """Torch device to run on: 'cuda:0' (the leased GPU, the only one visible) or 'cpu'."""
+    physical_id: str | None
+    """The id of the GPU as the machine knows it (index or UUID); None for the CPU."""
+    lock_path: Path | None = None
+    """The lock file held (None for the CPU and for a cluster allocation)."""
+    source: str = "cpu"
+    """Where the device came from: 'pool' (locked), 'cluster' (SLURM allocation, used as is) or 'cpu'."""
+    _fd: int | None = field(default=None, repr=False)
+
+    @property
+    def fd(self) -> int | None:
+        """The locked file descriptor (pass it to a child with ``pass_fds`` to keep the lease while it runs)."""
+        return self._fd
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment settings that pin a child process to this device."""
+        if self.physical_id is None:
+            return {VISIBLE_ENV: ""}
+        return {VISIBLE_ENV: os.environ.get(VISIBLE_ENV, "") if self.source == "cluster" else self.physical_id}
+
+    def release(self) -> None:
+        """Give the GPU back (idempotent)."""
+        if self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self) -> None:  # a dropped Lease object must not keep a descriptor open forever
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _open_lock(path: Path) -> int:
+    flags = os.O_CREAT | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags | os.O_RDWR, 0o666)
+    except PermissionError:  # another user's lock file: flock works on a read-only descriptor too
+        fd = os.open(path, flags | os.O_RDONLY)
+    return fd
+
+
+def _try_lock(path: Path) -> int | None:
+    fd = _open_lock(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    try:  # who holds it, for `python -m sim lease --status` and for people reading the folder
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError:
+        pass
+    return fd
+
+
+def _ensure_dir(path: Path) -> None:
+    if path.is_dir():
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    try:  # shared by every user of the machine: world-writable and sticky, like /tmp
+        os.chmod(path, 0o1777)
+    except OSError:
+        pass
+
+
+def lease_gpu(timeout: float | None = 600.0, *, require_gpu: bool = False, fallback_cpu: bool = False,
+              poll: float = 0.5, set_env: bool = True, env: dict[str, str] | None = None) -> Lease:
+    """Lease one GPU for this process (or the CPU where there is none); see the module docstring.
+
+    Args:
+        timeout: seconds to wait for a GPU while all are leased; None waits for ever, 0 tries once.
+        require_gpu: raise :class:`GpuLeaseError` instead of returning a CPU lease when there is no GPU at all.
+        fallback_cpu: when the timeout passes with every GPU leased, return a CPU lease instead of raising.
+        poll: seconds between tries while waiting.
+        set_env: set ``CUDA_VISIBLE_DEVICES`` of this process to the leased device (needed before CUDA starts);
+            False leaves the environment alone (for launching a child with :attr:`Lease.env`).
+        env: the environment to read (default ``os.environ``; for tests).
+
+    Raises:
+        GpuLeaseError: CUDA is already initialised in this process, or ``require_gpu`` and no GPU exists.
+        GpuLeaseTimeout: every GPU stayed leased for ``timeout`` seconds (and not ``fallback_cpu``).
+    """
+    env = os.environ if env is None else env
+    if in_cluster_allocation(env):
+        ids = _split_ids(env[VISIBLE_ENV])
+        return Lease(device="cuda:0", physical_id=",".join(ids), source="cluster")
+    pool = gpu_pool(env)
+    if not pool:
+        if require_gpu:
+            raise GpuLeaseError(
+                "no GPU to lease: nvidia-smi lists none and neither GAITSIM_GPU_POOL nor CUDA_VISIBLE_DEVICES names "
+                "one; run on a GPU machine, or set the study's device to cpu or auto")
+        return Lease(device="cpu", physical_id=None)
+    if set_env and _cuda_initialized():
+        raise GpuLeaseError("CUDA is already initialised in this process, so CUDA_VISIBLE_DEVICES can no longer "
+                            "choose its GPU; take the lease before anything touches torch.cuda")
+    folder = lock_dir(env)
+    _ensure_dir(folder)
+    deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+    # start at a per-process offset so that simultaneous jobs try different devices first
+    start = os.getpid() % len(pool)
+    order = pool[start:] + pool[:start]
+    while True:
+        for device_id in order:
+            path = folder / _lock_name(device_id)
+            fd = _try_lock(path)
+            if fd is not None:
+                if set_env:
+                    os.environ[VISIBLE_ENV] = device_id
+                return Lease(device="cuda:0", physical_id=device_id, lock_path=path, source="pool", _fd=fd)
+        if deadline is not None and time.monotonic() >= deadline:
+            if fallback_cpu:
+                if set_env:
+                    os.environ[VISIBLE_ENV] = ""
+                return Lease(device="cpu", physical_id=None)
+            raise GpuLeaseTimeout(
+                f"all {len(pool)} GPU(s) of the pool ({','.join(pool)}) stayed leased for {timeout:g} s (locks in "
+                f"{folder}); wait for running jobs, lower --resources gpu=N to the number of GPUs, or raise the "
+                "lease timeout")
+        time.sleep(poll)
+
+
+def lease_status(env: dict[str, str] | None = None) -> list[tuple[str, int | None]]:
+    """``(device id, holder pid or None)`` for every device of the pool, without taking any lease."""
+    env = os.environ if env is None else env
+    folder = lock_dir(env)
+    out: list[tuple[str, int | None]] = []
+    for device_id in gpu_pool(env):
+        path = folder / _lock_name(device_id)
+        holder = None
+        if path.exists():
+            fd = _open_lock(path)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                except OSError:
+                    text = path.read_text(errors="replace").strip()
+                    holder = int(text) if text.isdigit() else -1
+            finally:
+                os.close(fd)
+        out.append((device_id, holder))
+    return out

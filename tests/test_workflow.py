@@ -1,0 +1,269 @@
+"""The Snakemake workflow (docs/workflow.md): dry runs of every study, lint, the slurm profile, bad input stopped
+before any job, and a full run of the tiny CI study (config/test.yaml) with its stores, figures, table, notebook and
+report.
+
+Every invocation runs in a temporary working directory (``--directory``), so nothing lands in the repository and
+concurrent test runs do not share Snakemake's lock.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("snakemake") is None, reason="snakemake is not installed")
+
+
+def snakemake(workdir: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run snakemake with this repository's Snakefile in ``workdir``; stdout and stderr together in ``.stdout``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir), *args]
+    return subprocess.run(cmd, capture_output=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout, env=env)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a (dry) run: rule name -> jobs."""
+    lines = output.split("Job stats:", 1)[1].splitlines()
+    counts = {}
+    for line in lines[3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def config(name: str) -> str:
+    return str(REPO / "config" / f"{name}.yaml")
+
+
+# ----- dry runs ---------------------------------------------------------------------------------------------------
+def test_default_target_dry_run(tmp_path):
+    out = snakemake(tmp_path, "-n")
+    assert out.returncode == 0, out.stdout
+    counts = job_counts(out.stdout)
+    assert counts == {"check_configs": 1, "run_config": 16, "train": 16, "figures": 1, "table": 1, "all": 1,
+                      "total": 36}
+    for path in ("results/quick/digits_deep/rule~vgp/seed~1/run.zarr", "results/quick/figures/angle_layers.png",
+                 "results/quick/table.md", "results/quick/table.csv"):
+        assert path in out.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_lint_is_clean(tmp_path):
+    out = snakemake(tmp_path, "--lint")
+    assert out.returncode == 0, out.stdout
+    assert "Congratulations, your workflow is in a good condition" in out.stdout
+    assert "Lints for" not in out.stdout
+
+
+def test_paper_study_dry_run(tmp_path):
+    out = snakemake(tmp_path, "-n", "--configfile", config("paper"))
+    assert out.returncode == 0, out.stdout
+    assert job_counts(out.stdout)["train"] == 8  # CIFAR-10 shallow and deep x 4 rules
+    assert "imagenet_conv is left out" in out.stdout and "imagenet_path" in out.stdout
+    imagenet = tmp_path / "imagenet"
+    for split in ("train", "val"):
+        (imagenet / split / "n01440764").mkdir(parents=True)
+    out = snakemake(tmp_path, "-n", "--configfile", config("paper"), "--config", f"imagenet_path={imagenet}",
+                    "cifar10={kind: npz, path: /work/shared/data/cifar10}")
+    assert out.returncode == 0, out.stdout
+    assert job_counts(out.stdout)["train"] == 11  # + the ImageNet conv net x {bp, fa, gp}
+    assert "results/paper/imagenet_conv/rule~fa/seed~0/run.zarr" in out.stdout
+    assert "imagenet_conv/rule~vgp" not in out.stdout
+    assert "resources: tmpdir=/tmp, gpu=1" in out.stdout  # device auto: GPU jobs
+
+
+def test_beyond_paper_studies_dry_run(tmp_path):
+    """The three studies beyond the paper, each its own config file, selected together in one invocation."""
+    out = snakemake(tmp_path, "-n", "--configfile", config("noise"), config("arithmetic"), config("mixing"),
+                    "--config", "study=[noise, arithmetic, mixing]")
+    assert out.returncode == 0, out.stdout
+    counts = job_counts(out.stdout)
+    # noise: 4 message stds x 4 etas x {vgp, gp}; arithmetic: {difference, target} x {float32, float64} x {vgp, gp}
+    # x 2 seeds; mixing: 8 split depths x 2 seeds
+    assert counts["train"] == 32 + 16 + 16
+    assert counts["figures"] == 3 and counts["table"] == 3 and counts["check_configs"] == 3
+    assert counts["figure_noise_map"] == 1 and counts["figure_mixing"] == 1
+    for store in ("noise/digits_deep/message_std~0.0001/eta~1e-07/rule~vgp/seed~0",
+                  "arithmetic/digits_deep/arithmetic~target/dtype~float64/rule~gp/seed~1",
+                  "mixing/digits_deep/split~3/rule~fa+gp/seed~1"):
+        assert f"results/{store}/run.zarr" in out.stdout
+    for figure in ("noise/figures/noise_map.png", "mixing/figures/mixing.png", "arithmetic/figures/angle_layers.png"):
+        assert f"results/{figure}" in out.stdout
+
+
+def test_slurm_profile_dry_run(tmp_path):
+    profile = REPO / "workflow" / "profiles" / "slurm"
+    out = snakemake(tmp_path, "-n", "--workflow-profile", str(profile))
+    assert out.returncode == 0, out.stdout
+    assert f"workflow specific profile {profile}" in out.stdout
+    assert job_counts(out.stdout)["train"] == 16
+    train_resources = [line for line in out.stdout.splitlines() if "runtime=4320" in line]
+    assert len(train_resources) == 16 and all("gpu=1" in r and "cpus_per_gpu=8" in r for r in train_resources)
+
+
+def test_default_profile_dry_run(tmp_path):
+    out = snakemake(tmp_path, "-n", "--workflow-profile", str(REPO / "workflow" / "profiles" / "default"))
+    assert out.returncode == 0, out.stdout
+    assert out.stdout.count("resources: tmpdir=/tmp, gpu=1") == 16
+
+
+# ----- bad input ----------------------------------------------------------------------------------------------------
+BAD_CONFIGS = {
+    "misspelled run key": ("set: {train: {epoch: 1}}", "train: unknown key 'epoch' (did you mean 'epochs'?)"),
+    "unknown rule": ("rules: [bp, gpp]", "'gpp' is not one of ['bp', 'fa', 'gp', 'vgp']"),
+    "bad value": ("set: {settings: {gp: {lr: -1}}}", "settings.gp.lr: -1 is less than or equal to the minimum of 0"),
+    "misspelled study key": ("seed: [1]", "('seed' was unexpected)"),
+    # beyond the schema: found by sim.config.load_config in the study's check_configs job, before any training
+    "probe after the last epoch": ("set: {record: {probe_epochs: [9]}}",
+                                   "record.probe_epochs: epoch(s) [9] come after the last epoch (train.epochs = 5)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_stops_before_any_job(tmp_path, case):
+    change, message = BAD_CONFIGS[case]
+    where = "study" if case == "misspelled study key" else "experiment"
+    study = f"    {change}\n" if where == "study" else ""
+    experiment = f"        {change}\n" if where == "experiment" else ""
+    if "rules:" not in change:
+        experiment += "        rules: [bp, gp]\n"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("study: bad\nstudies:\n  bad:\n" + study + "    experiments:\n      e:\n"
+                   "        run: configs/digits_shallow_{rule}.yaml\n" + experiment)
+    out = snakemake(tmp_path, "--cores", "1", "--configfile", str(bad))
+    assert out.returncode != 0
+    assert message in out.stdout, out.stdout
+    assert not list(tmp_path.rglob("*.zarr*")) and not list(tmp_path.rglob("train.log"))
+    assert not list(tmp_path.rglob("config.yaml"))
+
+
+def test_missing_imagenet_path_says_what_to_set(tmp_path):
+    out = snakemake(tmp_path, "-n", "--configfile", config("paper"), "--config",
+                    f"imagenet_path={tmp_path / 'nowhere'}")
+    assert out.returncode != 0
+    assert "does not exist. Set imagenet_path to the ImageNet root" in out.stdout
+    (tmp_path / "flat").mkdir()
+    out = snakemake(tmp_path, "-n", "--configfile", config("paper"), "--config", f"imagenet_path={tmp_path / 'flat'}")
+    assert out.returncode != 0 and "has no train/ or val/ folder" in out.stdout
+
+
+# ----- the tiny study, run for real -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """config/test.yaml run from scratch: the digits shallow net, bp and gp, two seeds, 1 epoch on 200 samples."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    out = snakemake(workdir, "--cores", "2", "--configfile", config("test"))
+    assert out.returncode == 0, out.stdout
+    return workdir
+
+
+def open_store(path: Path):
+    import xarray as xr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return xr.open_zarr(path)
+
+
+def test_tiny_run_writes_every_store(tiny_run):
+    from sim.config import load_config
+
+    results = tiny_run / "results" / "test"
+    for rule in ("bp", "gp"):
+        for seed in (0, 1):
+            folder = results / "digits_shallow" / f"rule~{rule}" / f"seed~{seed}"
+            ds = open_store(folder / "run.zarr")
+            assert ds.attrs["complete"] is True
+            cfg = json.loads(ds.attrs["config"])
+            assert cfg["rules"] == rule and cfg["train"]["seed"] == seed and cfg["train"]["epochs"] == 1
+            assert cfg["data"]["size"] == 200 and cfg["name"] == f"test/digits_shallow/rule~{rule}/seed~{seed}"
+            assert ds.sizes["epoch"] == 1 and ds.sizes["step"] == 7 and set(ds.rule.values) == {rule}
+            assert not (folder / "run.zarr.partial").exists()
+            assert load_config(folder / "config.yaml").to_json() == json.dumps(cfg, sort_keys=True)
+            log = tiny_run / "logs" / "test" / "digits_shallow" / f"rule~{rule}" / f"seed~{seed}" / "train.log"
+            assert "is complete" in log.read_text()
+
+
+def test_tiny_run_figures_and_table(tiny_run):
+    results = tiny_run / "results" / "test"
+    for name in ("angle_layers", "angle_steps", "accuracy"):
+        png = results / "figures" / f"{name}.png"
+        assert png.read_bytes()[:8] == PNG_SIGNATURE
+        assert matplotlib.image.imread(png).ndim == 3
+    rows = (results / "table.csv").read_text().splitlines()
+    assert rows[0].startswith("experiment,rule,seeds,diverged,epochs,metric,train_acc_mean")
+    assert [r.split(",")[:5] for r in rows[1:]] == [["digits_shallow", rule, "2", "0", "1"] for rule in ("bp", "gp")]
+    md = (results / "table.md").read_text()
+    assert "| digits_shallow | bp | 2 | 1 | top1 |" in md and "| digits_shallow | gp | 2 | 1 | top1 |" in md
+
+
+def test_tiny_run_is_up_to_date_and_reports(tiny_run):
+    out = snakemake(tiny_run, "-n", "--configfile", config("test"))
+    assert out.returncode == 0 and "Nothing to be done" in out.stdout, out.stdout
+    out = snakemake(tiny_run, "--configfile", config("test"), "--report", str(tiny_run / "report.html"))
+    assert out.returncode == 0, out.stdout
+    assert (tiny_run / "report.html").stat().st_size > 10_000
+
+
+def test_notebook_executes_on_the_tiny_run(tiny_run, monkeypatch):
+    import nbclient
+    import nbformat
+
+    monkeypatch.setenv("GAITSIM_STUDY", str(tiny_run / "results" / "test"))
+    notebook = REPO / "analysis" / "notebooks" / "study.ipynb"
+    nb = nbformat.read(notebook, as_version=4)
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(notebook.parent)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
+    assert len(images) == 3
+    assert any("digits_shallow" in o.data.get("text/markdown", "") for o in outputs if "data" in o)
+
+
+@pytest.mark.slow
+def test_diverging_run_fails_or_is_kept(tmp_path):
+    """A run that dies mid-training (an exploding learning rate: NaN) fails its job and leaves no run.zarr, only its
+    prefix as run.zarr.partial (complete = false), which the analysis refuses. With the study's on_diverge: keep the
+    rerun resumes it, publishes it flagged as diverged, and the figures and table count it."""
+    from analysis import IncompleteStoreError, load_study
+
+    cfg = tmp_path / "nan.yaml"
+    cfg.write_text("study: nan\nstudies:\n  nan:\n    set:\n      data: {size: 200}\n      train: {epochs: 2}\n"
+                   "      settings: {bp: {lr: 1.0e+30}}\n      record: {checkpoint_every: 0, probe_epochs: [0, 2]}\n"
+                   "    experiments:\n      e: {run: configs/digits_shallow_bp.yaml, rules: [bp]}\n")
+    out = snakemake(tmp_path, "--cores", "1", "--configfile", str(cfg))
+    assert out.returncode != 0
+    folder = tmp_path / "results" / "nan" / "e" / "rule~bp" / "seed~0"
+    assert not (folder / "run.zarr").exists()
+    partial = folder / "run.zarr.partial"
+    assert open_store(partial).attrs["complete"] is False
+    log = (tmp_path / "logs" / "nan" / "e" / "rule~bp" / "seed~0" / "train.log").read_text()
+    assert "non-finite" in log
+    with pytest.raises(IncompleteStoreError):
+        load_study([partial])
+
+    out = snakemake(tmp_path, "--cores", "1", "--configfile", str(cfg), "--config",
+                    "studies={nan: {on_diverge: keep}}")
+    assert out.returncode == 0, out.stdout
+    store = open_store(folder / "run.zarr")
+    assert store.attrs["complete"] is False and "non-finite" in store.attrs["diverged"]
+    assert not partial.exists()
+    assert load_study([folder / "run.zarr"]).diverged.item() == 1.0
+    rows = (tmp_path / "results" / "nan" / "table.csv").read_text().splitlines()
+    assert rows[1].startswith("e,bp,1,1,")
