@@ -9,10 +9,17 @@ from the scheduler's seeded generator. A std of 0 draws nothing, so it is bitwis
 
 Updates land in ``.grad`` (raw update plus the regulariser's gradient), so one ``torch.optim.Adam`` with a parameter
 group per layer (its rule's lr, betas, eps) serves every rule.
+
+Numerics checks come in three modes (``Scheduler(check_numerics=...)``): ``'tensor'`` (``True``) checks every message
+and update as it is made and stops at the first NaN/Inf with its layer named (one host-device sync per tensor);
+``'step'`` accumulates one on-device flag per step, reads it once at the end of :meth:`Scheduler.compute` and, if it is
+set, repeats the step (same noise) with per-tensor checks, which raise the same error as ``'tensor'``; ``'off'``
+(``False``) checks nothing and never synchronises with the device inside a step. See docs/performance.md.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +27,7 @@ from torch import Tensor
 
 from sim import regularizer
 from sim.errors import ConfigError, NonFiniteError, ShapeError
+from sim.layers.base import deferred_checks
 from sim.message import Message
 from sim.network import Network, seed_streams
 
@@ -87,6 +95,22 @@ def _gaussian(like: Tensor, std: float, generator: torch.Generator) -> Tensor:
     return std * torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
 
 
+#: the numerics-check modes of :class:`Scheduler` (``True`` is 'tensor', ``False`` is 'off')
+NUMERICS_CHECKS = ("tensor", "step", "off")
+
+#: what the phases accept as ``check``: True (raise at the first NaN/Inf), False (nothing), or a list that collects
+#: one on-device flag per checked tensor (True: non-finite), for the caller to read once
+Check = bool | list[Tensor]
+
+
+def _check_finite(layer, tensor: Tensor, quantity: str, step: int | None, check: Check) -> None:
+    if isinstance(check, list):
+        # NaN/Inf anywhere makes the sum non-finite; a finite overflow only sends the step down the checked path
+        check.append(~torch.isfinite(tensor.sum()))
+    elif check:
+        layer.check_finite(tensor, quantity, step)
+
+
 def forward_phase(net: Network, x: Tensor, activity_noise: list[Tensor | None] | None = None) -> ForwardPass:
     """Run every layer bottom-up, adding the given activity noise to each pre-activation (tensor or None)."""
     inputs, outputs = [], []
@@ -112,15 +136,17 @@ def output_error(net: Network, a_out: Tensor, y: Tensor) -> tuple[Tensor, Tensor
 
 
 def message_phase(net: Network, fp: ForwardPass, y: Tensor, message_std: tuple[float, ...] | None = None,
-                  generator: torch.Generator | None = None, check: bool = True, step: int | None = None
+                  generator: torch.Generator | None = None, check: Check = True, step: int | None = None
                   ) -> tuple[list[Message], Tensor]:
     """Top-down: the output error, then each layer's rule makes the message for the layer below.
 
-    Returns ``(messages, loss)`` with ``messages[l]`` the message layer l received.
+    Returns ``(messages, loss)`` with ``messages[l]`` the message layer l received. ``check``: see :data:`Check`.
     """
     layers, rules = net.layers, net.rules
     e, loss = output_error(net, fp.outputs[-1], y)
-    if check and not bool(torch.isfinite(loss)):
+    if isinstance(check, list):
+        check.append(~torch.isfinite(loss))
+    elif check and not bool(torch.isfinite(loss)):
         raise NonFiniteError(f"non-finite loss at step {step}; lower the learning rate or check the inputs",
                              step=step, layer=layers[-1].name, quantity="loss")
     msg = rules[-1].top_message(fp.outputs[-1], e)
@@ -132,22 +158,20 @@ def message_phase(net: Network, fp: ForwardPass, y: Tensor, message_std: tuple[f
         if i == 0:
             break
         down = rules[i].message_down(layers[i], fp.inputs[i], fp.outputs[i], msg)
-        if check:
-            layers[i - 1].check_finite(down.d, "target difference (message from above)", step)
-            layers[i - 1].check_finite(down.m, "message multiplier", step)
+        _check_finite(layers[i - 1], down.d, "target difference (message from above)", step, check)
+        _check_finite(layers[i - 1], down.m, "message multiplier", step, check)
         msg = Message(layers[i - 1].embed(down.d), down.m)
     return messages, loss
 
 
-def plasticity_phase(net: Network, fp: ForwardPass, messages: list[Message], check: bool = True,
+def plasticity_phase(net: Network, fp: ForwardPass, messages: list[Message], check: Check = True,
                      step: int | None = None) -> list[dict[str, Tensor]]:
-    """Every layer's raw update from its own input, output and received message."""
+    """Every layer's raw update from its own input, output and received message (``check``: see :data:`Check`)."""
     updates = []
     for layer, rule, a_in, a, msg in zip(net.layers, net.rules, fp.inputs, fp.outputs, messages):
         upd = rule.plasticity(layer, a_in, a, msg)
-        if check:
-            for k, v in upd.items():
-                layer.check_finite(v, f"{k} update", step)
+        for k, v in upd.items():
+            _check_finite(layer, v, f"{k} update", step, check)
         updates.append(upd)
     return updates
 
@@ -159,29 +183,47 @@ class Scheduler:
         net: the network.
         noise: noise floors (default: none).
         seed: seeds the noise generator.
-        check_numerics: stop with a :class:`NonFiniteError` naming step, layer and quantity at the first NaN/Inf
-            (costs one host sync per tensor checked; turn off for speed on GPUs once a setup is trusted).
+        check_numerics: stop with a :class:`NonFiniteError` naming step, layer and quantity at the first NaN/Inf.
+            ``True`` or ``'tensor'``: check each tensor as it is made (one host sync per tensor); ``'step'``: one
+            on-device flag per step, read once, the step repeated with per-tensor checks if it is set (same errors,
+            one sync per step); ``False`` or ``'off'``: no checks and no host-device sync inside a step (for speed on
+            GPUs once a setup is trusted; the training loop still checks the loss at the end of each epoch).
+        fused_adam: take the Adam step with torch's fused kernel (one pass over each parameter, no temporaries;
+            several times faster on CPU). The same algorithm; it rounds differently from torch's for-loop Adam in the
+            last bit. ``False`` uses the for-loop (CPU) or foreach (CUDA) implementation.
+        ortho_every: apply the orthogonality regulariser only at every k-th step (steps 0, k, 2k, ...) with k times
+            its weight, saving most of its cost (four ``n^3`` matmuls per square layer and step). This trades
+            fidelity for speed (the weights drift further from orthogonal between applications, and Adam rescales
+            the sparse, k-fold kicks): 1, the default, is the reference. Measured in docs/performance.md.
     """
 
     def __init__(self, net: Network, noise: NoiseFloor | None = None, seed: int = 0,
-                 check_numerics: bool = True) -> None:
+                 check_numerics: bool | str = True, fused_adam: bool = True, ortho_every: int = 1) -> None:
         self.net = net
         self.noise = noise or NoiseFloor()
         depth = len(net.layers)
         self.message_std = self.noise.per_layer("message_std", depth)
         self.activity_std = self.noise.per_layer("activity_std", depth)
-        self.check_numerics = check_numerics
+        modes = {True: "tensor", False: "off", **{m: m for m in NUMERICS_CHECKS}}
+        if not isinstance(check_numerics, (bool, str)) or check_numerics not in modes:
+            raise ConfigError(f"check_numerics must be True, False or one of {NUMERICS_CHECKS}, got {check_numerics!r}")
+        #: the numerics-check mode: 'tensor', 'step' or 'off'
+        self.numerics = modes[check_numerics]
+        self.check_numerics = self.numerics != "off"
+        if isinstance(ortho_every, bool) or not isinstance(ortho_every, int) or ortho_every < 1:
+            raise ConfigError(f"ortho_every must be a positive integer (1: every step), got {ortho_every!r}")
+        self.ortho_every = ortho_every
         self.generator = torch.Generator(device=net.device).manual_seed(seed_streams(seed, 3)[2])
         groups = []
         for layer, rule in zip(net.layers, net.rules):
             s = rule.settings
             groups.append({"params": [layer.weight, layer.bias], "lr": s.lr, "betas": tuple(s.betas), "eps": s.eps,
                            "name": layer.name})
-        self.optimizer = torch.optim.Adam(groups)
+        self.optimizer = torch.optim.Adam(groups, fused=True) if fused_adam else torch.optim.Adam(groups)
         self.step_count = 0
 
     # ----- inputs -------------------------------------------------------------------------------------------------
-    def _check_batch(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _check_batch(self, x: Tensor, y: Tensor, check: Check = True) -> tuple[Tensor, Tensor]:
         net = self.net
         if not isinstance(x, Tensor) or not isinstance(y, Tensor):
             raise ShapeError("x and y must be torch tensors")
@@ -197,7 +239,13 @@ class Scheduler:
                              f"move it with .to('{net.device}')")
         if x.dtype != net.dtype:
             raise ShapeError(f"the network is {net.dtype} but the batch is {x.dtype}; cast it with .to({net.dtype})")
-        if self.check_numerics:
+        if isinstance(check, list):
+            # deferred: flag bad inputs and labels, and keep the step itself valid (out-of-range labels would stop
+            # one_hot, or trip a device-side assert on a GPU); a set flag repeats the step with the checks below
+            check.append(~torch.isfinite(x.sum()))
+            check.append(((y < 0) | (y >= net.classes)).any())
+            y = y.clamp(0, net.classes - 1)
+        elif check:
             if not bool(torch.isfinite(x).all()):
                 raise NonFiniteError(f"non-finite values in the input batch at step {self.step_count}",
                                      step=self.step_count, layer=net.names[0], quantity="input")
@@ -219,23 +267,43 @@ class Scheduler:
     @torch.no_grad()
     def compute(self, x: Tensor, y: Tensor) -> StepResult:
         """Forward, message and plasticity phases on one batch; the weights are not touched."""
-        x, y = self._check_batch(x, y)
-        fp = forward_phase(self.net, x, self.draw_activity_noise(x))
-        messages, loss = message_phase(self.net, fp, y, self.message_std, self.generator, self.check_numerics,
-                                       self.step_count)
-        updates = plasticity_phase(self.net, fp, messages, self.check_numerics, self.step_count)
+        if self.numerics != "step":
+            return self._compute(x, y, self.numerics == "tensor")
+        state = self.generator.get_state()
+        flags: list[Tensor] = []
+        result = self._compute(x, y, flags)
+        if bool(torch.stack(flags).any()):  # the step's one host-device sync
+            # Something is non-finite (or a layer looks singular): repeat the step, same noise, checking each tensor
+            # as it is made, which stops at the first culprit with its name (or, after a false alarm from a finite
+            # overflow of a checksum, returns the same result).
+            self.generator.set_state(state)
+            result = self._compute(x, y, True)
+        return result
+
+    def _compute(self, x: Tensor, y: Tensor, check: Check) -> StepResult:
+        x, y = self._check_batch(x, y, check)
+        # factorize()'s conditioning check: synchronous (True), collected with the step's flags (list), or skipped
+        checks = nullcontext() if check is True else deferred_checks(check if isinstance(check, list) else None)
+        with checks:
+            fp = forward_phase(self.net, x, self.draw_activity_noise(x))
+            messages, loss = message_phase(self.net, fp, y, self.message_std, self.generator, check,
+                                           self.step_count)
+            updates = plasticity_phase(self.net, fp, messages, check, self.step_count)
         logits = self.net.layers[-1].read(fp.outputs[-1])
         return StepResult(loss=loss, logits=logits, forward=fp, messages=messages, updates=updates)
 
     @torch.no_grad()
     def apply(self, result: StepResult) -> None:
         """Write raw update + regulariser gradient into ``.grad`` and take the Adam step."""
+        every = self.ortho_every
         for layer, rule, upd in zip(self.net.layers, self.net.rules, result.updates):
             grad_w = upd["weight"]
             lam = rule.settings.ortho_lambda
-            if layer.square and lam > 0:
-                w = layer.square_matrix()
-                grad_w = grad_w + regularizer.gradient(w, lam).reshape(grad_w.shape)
+            if layer.square and lam > 0 and self.step_count % every == 0:
+                reg = regularizer.gradient(layer.square_matrix(), lam * every).reshape(grad_w.shape)
+                # added into the fresh regulariser tensor (a + b == b + a bit for bit): the raw update in
+                # ``result`` stays untouched and no third weight-sized tensor is allocated
+                grad_w = reg.add_(grad_w)
             layer.weight.grad = grad_w
             layer.bias.grad = upd["bias"]
         self.optimizer.step()

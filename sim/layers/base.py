@@ -19,6 +19,9 @@ its full output (aux included); ``read(a)`` keeps the forwarded part, ``embed(d)
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -74,32 +77,58 @@ def condition_number(matrix: Tensor) -> float:
     return float(torch.linalg.matrix_norm(m, ord=1) * torch.linalg.matrix_norm(inv, ord=1))
 
 
+#: Where :func:`factorize` sends its conditioning check: ``None`` (check now, one host sync), a list (append the
+#: on-device flag for the caller to check once per step), or :data:`_SKIP`. Set only through :func:`deferred_checks`.
+_CHECK_SINK: ContextVar[list[Tensor] | object | None] = ContextVar("gaitsim_factorize_checks", default=None)
+_SKIP = object()
+
+
+@contextmanager
+def deferred_checks(flags: list[Tensor] | None) -> Iterator[None]:
+    """Within this block :func:`factorize` does not synchronise with the device to check a matrix's conditioning.
+
+    With a list, it appends an on-device boolean flag (True: singular, non-finite or suspicious) to ``flags``; the
+    caller checks all flags once and, if one is set, repeats the work with synchronous checks, which name the layer
+    and its condition number. With ``None`` the check is skipped altogether (a scheduler that checks no numerics).
+    This is how :class:`~sim.schedule.Scheduler` keeps a step free of host-device synchronisation on a GPU.
+    """
+    token = _CHECK_SINK.set(_SKIP if flags is None else flags)
+    try:
+        yield
+    finally:
+        _CHECK_SINK.reset(token)
+
+
 def factorize(matrix: Tensor, *, layer: str, method: str = "lu", check: bool = True) -> InverseFactors:
     """Prepare a square matrix ``[n, n]`` for exact inversion, refusing singular or badly conditioned ones.
 
     The check is cheap when all is well (the LU pivots bound the conditioning); only a suspicious matrix pays for the
-    full condition number, which then goes into the error message with the layer's name.
+    full condition number, which then goes into the error message with the layer's name. The cheap part is computed
+    on the matrix's device and read back with one host sync, or deferred (see :func:`deferred_checks`).
     """
     if method == "inv":
         inv, info = torch.linalg.inv_ex(matrix)
         factors = InverseFactors(inv=inv)
-        pivots_diag = None
     elif method == "lu":
         lu, pivots, info = torch.linalg.lu_factor_ex(matrix)
         factors = InverseFactors(lu=lu, pivots=pivots)
-        pivots_diag = lu.diagonal().abs()
     else:
         raise ValueError(f"unknown inverse method {method!r}; use 'lu' or 'inv'")
-    if check:
-        suspicious = bool(info != 0)
-        if not suspicious and pivots_diag is not None:
+    sink = _CHECK_SINK.get()
+    if check and sink is not _SKIP:
+        if factors.lu is not None:
             # cond(M) >= max|u_ii| / min|u_ii| (roughly), so tiny pivots flag trouble cheaply; flag 100x early
-            # because the pivot ratio can underestimate the condition number.
-            ratio = (pivots_diag.min() / pivots_diag.max()).item()
-            suspicious = not math.isfinite(ratio) or ratio < 1e2 / max_condition(matrix.dtype)
-        elif not suspicious:
-            suspicious = not bool(torch.isfinite(factors.inv).all())
-        if suspicious:
+            # because the pivot ratio can underestimate the condition number. NaN pivots compare False: caught by
+            # the isfinite test.
+            low, high = torch.aminmax(factors.lu.diagonal().abs())
+            ratio = low / high
+            flag = (info != 0) | ~torch.isfinite(ratio) | (ratio < 1e2 / max_condition(matrix.dtype))
+        else:
+            flag = (info != 0) | ~torch.isfinite(factors.inv).all()
+        if sink is not None:
+            sink.append(flag)
+            return factors
+        if bool(flag):
             cond = condition_number(matrix)
             if not math.isfinite(cond) or cond > max_condition(matrix.dtype):
                 raise SingularLayerError(

@@ -1,0 +1,475 @@
+"""Benchmark of whole training steps: time, memory, FLOPs and the matmul rate they are measured against.
+
+What is timed is :meth:`Scheduler.train_step` (forward, messages, plasticity, regulariser, Adam) on a random batch,
+after warm-up steps, ``repeats`` times ``steps`` steps. The cases (one per rule, and with ``reference_cost`` the
+authors' costs beside each) are built first and then timed **round-robin**, one repeat of every case per round, so a
+change in the machine's load (other processes on a shared CPU) hits every case alike; the matmul rates are measured
+in the same rounds. Per case it reports the median step time and its spread (min, max, inter-quartile range).
+
+Ratios between cases (``ratio_to_bp``, ``speedup_vs_reference``) are medians of per-round ratios, which a load
+change between rounds does not move.
+
+FLOPs are counted analytically from the layer shapes (matmul/conv-class work only; elementwise ops, Adam included, are
+not counted), per step with batch ``B``:
+
+* forward ``2 B K`` for a layer of ``K`` multiply-adds per sample (``W.numel()`` per output position);
+* messages: the same ``2 B K`` for every layer but the first (BP's transpose, FA's feedback; GP's solve with the LU
+  factors ``2 B n^2`` or its product with an explicit inverse, which is the same count for a dense layer);
+* GP's factorisation per square layer and step: LU ``2/3 n^3``, or explicit inverse ``2 n^3`` (``inverse='inv'``);
+  a conv layer also forms ``M^{-1}`` from the LU factors (``2 n^3``);
+* weight gradients ``2 B K``;
+* the orthogonality regulariser ``4 n^3`` per square layer (``W W^T`` and ``(W W^T - I) W``), divided by
+  ``ortho_every``.
+
+The matmul/conv part is checked against ``torch.utils.flop_counter.FlopCounterMode`` in the tests (it does not count
+LU factorisations or triangular solves). "Achieved GFLOP/s" is that count over the median step time, to be read
+against the rate of a ``[B, n] x [n, n]`` and an ``n x n x n`` matmul measured in the same process and dtype.
+
+Memory: on CUDA the peak of ``torch.cuda.max_memory_allocated`` during one step above what was allocated before it;
+on CPU the peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs``) during one step above the
+resident size before it, after returning freed heap pages to the system (``malloc_trim``); where ``/proc`` is not
+writable, the growth of ``getrusage``'s max RSS (a lower bound). ``state_mb`` is the exact size of the parameters,
+buffers and Adam state. ``tracemalloc`` does not see torch's allocations.
+
+Reference-cost mode: float64 everywhere; the inverting rules (gp, vgp) in the target form with an explicit inverse of
+every square layer every step (``RuleSettings(inverse='inv', arithmetic='target')``), the costs of the authors'
+implementation; the same scheduler options as the fast mode otherwise. The command-line twin is ``python -m sim
+bench`` (:mod:`sim.commands.bench`); the numbers and how to read them are in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import math
+import os
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+from sim.errors import ConfigError
+from sim.network import Network
+from sim.presets import PRESETS, preset
+from sim.rules import gait, get_rule
+from sim.schedule import NUMERICS_CHECKS, Scheduler
+
+#: training-set sizes for the epoch figure, by preset-name prefix
+EPOCH_SAMPLES = {"cifar10": 50_000, "imagenet": 1_281_167}
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to benchmark and how (the fields of ``python -m sim bench``)."""
+
+    net: str = "cifar10_deep"
+    """Network preset."""
+    rules: tuple[str, ...] = ("bp", "fa", "vgp", "gp")
+    """One case per rule (the rule on every layer)."""
+    dtype: str = "float32"
+    """dtype of the fast mode."""
+    arithmetic: str = "difference"
+    """GP arithmetic of the fast mode ('difference' or 'target')."""
+    batch: int = 256
+    """Batch size."""
+    steps: int = 3
+    """Training steps per timed repeat."""
+    repeats: int = 5
+    """Timed repeats per case (the median and spread are over these)."""
+    warmup: int = 2
+    """Untimed steps per case before timing."""
+    device: str = "cpu"
+    """Torch device."""
+    reference_cost: bool = False
+    """Also time every rule in the reference-cost mode (float64, target form, explicit inverse every step)."""
+    preset_kwargs: dict = field(default_factory=dict)
+    """Extra preset options (``image_size``, ``width_mult``, ``classes``)."""
+    check_numerics: str = "step"
+    """Scheduler numerics checks: 'tensor', 'step' or 'off'."""
+    fused_adam: bool = True
+    """Scheduler option: fused Adam kernel."""
+    ortho_every: int = 1
+    """Scheduler option: regulariser every k-th step (1 is the reference)."""
+    tf32: tuple[bool, ...] | None = None
+    """CUDA float32 only: time with TF32 matmuls not allowed and/or allowed; None: both on CUDA, n/a on CPU."""
+    seed: int = 0
+    """Seeds the weights and the batch."""
+    threads: int | None = None
+    """CPU threads for torch (``torch.set_num_threads``); None keeps torch's default."""
+    compile: bool = False
+    """``torch.compile`` GP's elementwise nudge (:func:`sim.rules.gait.compile_nudge`); compiled during warm-up."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One timed configuration."""
+
+    rule: str
+    mode: str
+    """'fast' or 'reference'."""
+    dtype: str
+    arithmetic: str
+    inverse: str
+    tf32: bool | None
+
+
+def make_cases(opts: BenchOptions) -> list[Case]:
+    """The cases of a run: every rule in the fast mode, then (``reference_cost``) in the reference mode."""
+    cuda = torch.device(opts.device).type == "cuda"
+    cases = []
+    for mode in ("fast", "reference") if opts.reference_cost else ("fast",):
+        dtype = opts.dtype if mode == "fast" else "float64"
+        tf32s = (opts.tf32 if opts.tf32 is not None else (False, True)) if cuda and dtype == "float32" else (None,)
+        for rule in opts.rules:
+            inverts = get_rule(rule).inverts
+            arithmetic = opts.arithmetic if mode == "fast" else "target"
+            inverse = "lu" if mode == "fast" else "inv"
+            for tf32 in tf32s:
+                cases.append(Case(rule, mode, dtype, arithmetic if inverts else "-", inverse if inverts else "-",
+                                  tf32))
+    return cases
+
+
+def build_case(opts: BenchOptions, case: Case) -> tuple[Scheduler, Tensor, Tensor]:
+    """A fresh network and scheduler for ``case``, and a random batch on its device."""
+    defaults = get_rule(case.rule).defaults
+    settings = defaults
+    if case.arithmetic != "-":
+        settings = replace(defaults, arithmetic=case.arithmetic, inverse=case.inverse)
+    config = preset(opts.net, case.rule, settings={case.rule: settings}, dtype=case.dtype, device=opts.device,
+                    seed=opts.seed, **opts.preset_kwargs)
+    net = Network(config)
+    sched = Scheduler(net, seed=opts.seed, check_numerics=opts.check_numerics, fused_adam=opts.fused_adam,
+                      ortho_every=opts.ortho_every)
+    g = torch.Generator().manual_seed(opts.seed)
+    x = torch.rand((opts.batch, *config.input_shape), generator=g, dtype=torch.float64)
+    y = torch.randint(0, net.classes, (opts.batch,), generator=g)
+    return sched, x.to(device=net.device, dtype=net.dtype), y.to(net.device)
+
+
+# ----- FLOPs --------------------------------------------------------------------------------------------------------
+def step_flops(net: Network, batch: int, ortho_every: int = 1) -> dict[str, float]:
+    """FLOPs of one training step by part: ``forward``, ``messages``, ``weight_grads``, ``factorization``,
+    ``regularizer`` and ``total`` (see the module docstring for the formulas)."""
+    parts = dict.fromkeys(("forward", "messages", "weight_grads", "factorization", "regularizer"), 0.0)
+    for i, (layer, rule) in enumerate(zip(net.layers, net.rules)):
+        positions = math.prod(layer.out_shape[1:])  # 1 for dense, H' W' for conv
+        macs = layer.weight.numel() * positions * batch
+        parts["forward"] += 2 * macs
+        parts["weight_grads"] += 2 * macs
+        if i > 0:
+            parts["messages"] += 2 * macs
+        if layer.square:
+            n = layer.square_matrix().shape[0]
+            if i > 0 and rule.inverts:
+                if rule.settings.inverse == "inv":
+                    parts["factorization"] += 2 * n**3
+                else:
+                    parts["factorization"] += 2 / 3 * n**3
+                    if layer.weight.dim() > 2:  # a conv layer needs M^{-1} itself: n triangular-solve pairs
+                        parts["factorization"] += 2 * n**3
+            if rule.settings.ortho_lambda > 0:
+                parts["regularizer"] += 4 * n**3 / ortho_every
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+# ----- measuring ----------------------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(sched: Scheduler, x: Tensor, y: Tensor, steps: int) -> float:
+    """Seconds per training step over ``steps`` steps; on CUDA synchronised only before and after the loop."""
+    device = sched.net.device
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        sched.train_step(x, y)
+    _sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def _proc_status(key: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024  # kB -> MiB
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def _trim_heap() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def step_memory_mb(sched: Scheduler, x: Tensor, y: Tensor) -> float | None:
+    """Peak memory one training step needs above what is held before it, in MiB (see the module docstring)."""
+    device = sched.net.device
+    if device.type == "cuda":
+        _sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        sched.train_step(x, y)
+        _sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    _trim_heap()
+    base = _proc_status("VmRSS")
+    if base is not None and _reset_peak_rss():
+        sched.train_step(x, y)
+        peak = _proc_status("VmHWM")
+        return None if peak is None else max(peak - base, 0.0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    sched.train_step(x, y)
+    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before, 0.0)
+
+
+def state_mb(sched: Scheduler) -> float:
+    """Parameters, buffers and optimiser state, in MiB."""
+    tensors = [*sched.net.parameters(), *sched.net.buffers()]
+    tensors += [v for s in sched.optimizer.state.values() for v in s.values() if isinstance(v, Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+def _median_time(fn: Callable[[], object], device: torch.device, min_s: float = 0.05, max_reps: int = 50) -> float:
+    """Median seconds of ``fn`` over enough calls to fill ``min_s`` (at least 3)."""
+    times: list[float] = []
+    while len(times) < 3 or (sum(times) < min_s and len(times) < max_reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_seconds(batch: int, n: int, dtype: torch.dtype, device: torch.device) -> dict[str, float]:
+    """Median seconds of a ``[batch, n] x [n, n]`` and an ``[n, n] x [n, n]`` matmul (one sample of each)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(batch, n, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+    w = torch.randn(n, n, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+    out_a = torch.empty(batch, n, dtype=dtype, device=device)
+    out_w = torch.empty(n, n, dtype=dtype, device=device)
+    return {"batch": _median_time(lambda: torch.mm(a, w, out=out_a), device),
+            "square": _median_time(lambda: torch.mm(w, w, out=out_w), device)}
+
+
+def _set_tf32(value: bool | None) -> None:
+    if value is not None:
+        torch.backends.cuda.matmul.allow_tf32 = value
+        torch.backends.cudnn.allow_tf32 = value
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+# ----- the run ------------------------------------------------------------------------------------------------------
+def validate(opts: BenchOptions) -> None:
+    """Refuse options that cannot run, with a message."""
+    if opts.net not in PRESETS:
+        raise ConfigError(f"unknown network preset {opts.net!r}; presets: {', '.join(sorted(PRESETS))}")
+    if not opts.rules:
+        raise ConfigError("no rules to benchmark; give e.g. --rules bp,gp")
+    for r in opts.rules:
+        get_rule(r)
+    if len(set(opts.rules)) != len(opts.rules):
+        raise ConfigError(f"rules listed twice: {','.join(opts.rules)}")
+    for name in ("batch", "steps", "repeats"):
+        if getattr(opts, name) < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {getattr(opts, name)}")
+    if opts.ortho_every < 1 or opts.steps % opts.ortho_every:
+        raise ConfigError(f"--steps ({opts.steps}) must be a multiple of --ortho-every ({opts.ortho_every}), so that "
+                          "every timed repeat holds the same share of steps with the regulariser")
+    if opts.threads is not None and opts.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {opts.threads}")
+    if opts.warmup < 0:
+        raise ConfigError(f"--warmup must be >= 0, got {opts.warmup}")
+    if opts.dtype not in ("float32", "float64"):
+        raise ConfigError(f"--dtype must be float32 or float64, got {opts.dtype!r}")
+    if opts.arithmetic not in ("difference", "target"):
+        raise ConfigError(f"--arithmetic must be difference or target, got {opts.arithmetic!r}")
+    if opts.check_numerics not in NUMERICS_CHECKS:
+        raise ConfigError(f"--check-numerics must be one of {NUMERICS_CHECKS}, got {opts.check_numerics!r}")
+
+
+def run(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Benchmark every case of ``opts``; one result dict per case (the ``--json`` rows)."""
+    validate(opts)
+    try:
+        device = torch.device(opts.device)
+    except RuntimeError:
+        raise ConfigError(f"device {opts.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {opts.device!r} asked for but CUDA is not available here; use --device cpu")
+    tf32_before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    threads_before = torch.get_num_threads()
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    gait.compile_nudge(opts.compile)
+    try:
+        return _run(opts, device, progress)
+    finally:
+        gait.compile_nudge(False)
+        torch.set_num_threads(threads_before)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32_before
+
+
+def _run(opts: BenchOptions, device: torch.device, progress: Callable[[str], None] | None) -> list[dict]:
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+    cases = make_cases(opts)
+    built = {}
+    for case in cases:
+        if progress:
+            progress(f"building {case.rule} ({case.mode}, {case.dtype})")
+        built[case] = build_case(opts, case)
+    times: dict[Case, list[float]] = {c: [] for c in cases}
+    mm_times: dict[tuple[str, bool | None, int], list[dict[str, float]]] = {}
+    # the matmul each case is compared with: [B, n] x [n, n] for its widest layer (rows of the weight)
+    n_mm = {c: max(layer.weight.shape[0] for layer in built[c][0].net.layers) for c in cases}
+    for case in cases:
+        sched, x, y = built[case]
+        _set_tf32(case.tf32)
+        for _ in range(opts.warmup):
+            sched.train_step(x, y)
+    for r in range(opts.repeats):
+        for case in cases:
+            sched, x, y = built[case]
+            _set_tf32(case.tf32)
+            times[case].append(time_steps(sched, x, y, opts.steps))
+            key = (case.dtype, case.tf32, n_mm[case])
+            if len(mm_times.setdefault(key, [])) <= r:
+                mm_times[key].append(matmul_seconds(opts.batch, n_mm[case], sched.net.dtype, device))
+        if progress:
+            progress(f"round {r + 1}/{opts.repeats}: " + ", ".join(
+                f"{c.rule}/{c.mode}{'' if c.tf32 is None else '/tf32' if c.tf32 else ''} "
+                f"{1000 * times[c][-1]:.0f} ms" for c in cases))
+    rows = []
+    for case in cases:
+        sched, x, y = built[case]
+        _set_tf32(case.tf32)
+        mem = step_memory_mb(sched, x, y)
+        flops = step_flops(sched.net, opts.batch, opts.ortho_every)
+        t = statistics.median(times[case])
+        q1, q3 = _quartiles(times[case])
+        n = n_mm[case]
+        mm = mm_times[(case.dtype, case.tf32, n)]
+        mm_batch = statistics.median(m["batch"] for m in mm)
+        mm_square = statistics.median(m["square"] for m in mm)
+        samples = opts.batch / t
+        epoch = next((v for k, v in EPOCH_SAMPLES.items() if opts.net.startswith(k)), None)
+        rows.append({
+            "net": opts.net, "rule": case.rule, "mode": case.mode, "dtype": case.dtype,
+            "arithmetic": case.arithmetic, "inverse": case.inverse, "tf32": case.tf32, "batch": opts.batch,
+            "ms_per_step": 1000 * t, "ms_min": 1000 * min(times[case]), "ms_max": 1000 * max(times[case]),
+            "ms_q1": 1000 * q1, "ms_q3": 1000 * q3, "ms_repeats": [1000 * v for v in times[case]],
+            "repeats": opts.repeats, "steps_per_repeat": opts.steps,
+            "flop_per_step": flops["total"], "flop_parts": {k: v for k, v in flops.items() if k != "total"},
+            "gflops": flops["total"] / t / 1e9,
+            "matmul_n": n, "matmul_gflops": 2 * opts.batch * n**2 / mm_batch / 1e9,
+            "square_matmul_gflops": 2 * n**3 / mm_square / 1e9,
+            "peak_mem_mb": mem, "state_mb": state_mb(sched),
+            "samples_per_s": samples, "epoch_samples": epoch, "epoch_s": None if epoch is None else epoch / samples,
+            "check_numerics": opts.check_numerics, "fused_adam": opts.fused_adam, "ortho_every": opts.ortho_every,
+            "compile": opts.compile,
+            "device": str(device), "device_name": _device_name(device), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "load_start": load_start,
+            "thp": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
+        })
+    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+    for row in rows:
+        row["load_end"] = load_end
+        row["gflops_frac_of_matmul"] = row["gflops"] / row["matmul_gflops"]
+        bp = _match(rows, row, rule="bp")
+        row["ratio_to_bp"] = _paired_ratio(row, bp) if bp else None
+        ref = _match(rows, row, mode="reference") if row["mode"] == "fast" else None
+        row["speedup_vs_reference"] = _paired_ratio(ref, row) if ref else None
+    return rows
+
+
+def _paired_ratio(num: dict, den: dict) -> float:
+    """Median over rounds of ``num``'s time over ``den``'s in the same round: two cases timed back to back see the
+    same machine load, so this ratio stays put when the load of a shared machine changes between rounds."""
+    return statistics.median(a / b for a, b in zip(num["ms_repeats"], den["ms_repeats"]))
+
+
+def _match(rows: list[dict], row: dict, **changes) -> dict | None:
+    """The row equal to ``row`` in rule, mode and TF32 setting after ``changes`` (the reference has no TF32)."""
+    want = {"rule": row["rule"], "mode": row["mode"], "tf32": row["tf32"], **changes}
+    if changes.get("mode") == "reference":
+        want["tf32"] = None
+    return next((r for r in rows if all(r[k] == v for k, v in want.items())), None)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table of the rows (the non-JSON output)."""
+    if not rows:
+        return "(no cases)"
+    head = (f"{'rule':<5} {'mode':<9} {'dtype':<7} {'arith':<10} {'inv':<3} {'tf32':<5} {'ms/step':>9} "
+            f"{'IQR ms':>13} {'xBP':>5} {'ref/x':>6} {'GFLOP':>7} {'GFLOP/s':>8} {'%mm':>4} {'mem MB':>7} "
+            f"{'samples/s':>9}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        tf32 = "-" if r["tf32"] is None else ("yes" if r["tf32"] else "no")
+        ratio = f"{r['ratio_to_bp']:.2f}" if r["ratio_to_bp"] is not None else "-"
+        speed = f"{r['speedup_vs_reference']:.2f}" if r["speedup_vs_reference"] is not None else "-"
+        mem = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] is not None else "-"
+        lines.append(
+            f"{r['rule']:<5} {r['mode']:<9} {r['dtype']:<7} {r['arithmetic']:<10} {r['inverse']:<3} {tf32:<5} "
+            f"{r['ms_per_step']:>9.1f} {r['ms_q1']:>6.0f}-{r['ms_q3']:<6.0f} {ratio:>5} {speed:>6} "
+            f"{r['flop_per_step'] / 1e9:>7.2f} {r['gflops']:>8.2f} {100 * r['gflops_frac_of_matmul']:>4.0f} "
+            f"{mem:>7} {r['samples_per_s']:>9.1f}")
+    r0 = rows[0]
+    lines.append("")
+    lines.append(f"net {r0['net']}, batch {r0['batch']}, {r0['repeats']} repeats x {r0['steps_per_repeat']} steps, "
+                 f"device {r0['device_name']}, {r0['threads']} threads, torch {r0['torch']}, "
+                 f"check_numerics {r0['check_numerics']}, fused_adam {r0['fused_adam']}, ortho_every "
+                 f"{r0['ortho_every']}, compile {r0['compile']}, THP {'on' if r0['thp'] else 'off'}, "
+                 f"load {r0['load_start']:.2f} -> {r0['load_end']:.2f}")
+    mm = sorted({(r["dtype"], r["tf32"], r["matmul_n"], r["matmul_gflops"], r["square_matmul_gflops"]) for r in rows},
+                key=str)
+    for dtype, tf32, n, g_b, g_s in mm:
+        tf = "" if tf32 is None else f" tf32 {'on' if tf32 else 'off'}"
+        lines.append(f"matmul {dtype}{tf}: [{r0['batch']}, {n}] x [{n}, {n}] {g_b:.1f} GFLOP/s, "
+                     f"[{n}, {n}] x [{n}, {n}] {g_s:.1f} GFLOP/s")
+    if r0["epoch_s"] is not None:
+        lines.append("epoch of " + f"{r0['epoch_samples']} samples: " + ", ".join(
+            f"{r['rule']}/{r['mode']}{'' if r['tf32'] is None else '/tf32' if r['tf32'] else ''} "
+            f"{r['epoch_s']:.0f} s" for r in rows))
+    return "\n".join(lines)

@@ -1,0 +1,95 @@
+"""The benchmark runs end to end on a tiny net and reports what it promises (no timings are asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from torch.utils.flop_counter import FlopCounterMode
+
+from sim import Network, Scheduler, preset
+from sim.bench import BenchOptions, run, step_flops
+from sim.cli import main
+from tests.helpers import batch
+
+#: one torch thread: the tiny steps here are faster single-threaded on a shared 2-core box (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+KEYS = {"rule", "mode", "dtype", "arithmetic", "ms_per_step", "gflops", "ms_min", "ms_max", "ms_q1", "ms_q3",
+        "flop_per_step", "matmul_gflops", "square_matmul_gflops", "peak_mem_mb", "state_mb", "ratio_to_bp",
+        "speedup_vs_reference", "samples_per_s", "load_start", "load_end", "threads"}
+
+
+def _bench(capsys, *extra: str) -> list[dict]:
+    code = main(["bench", "--net", "digits_shallow", "--batch", "8", "--steps", "2", "--repeats", "2", "--warmup",
+                 "1", "--threads", "1", "--json", *extra])
+    assert code == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_bench_json_has_every_rule_and_the_reference_mode(capsys):
+    rows = _bench(capsys, "--rules", "bp,fa,vgp,gp", "--reference-cost")
+    assert isinstance(rows, list) and all(KEYS <= set(r) for r in rows)
+    assert {(r["rule"], r["mode"]) for r in rows} == {(r, m) for r in ("bp", "fa", "vgp", "gp")
+                                                      for m in ("fast", "reference")}
+    for r in rows:
+        assert r["ms_per_step"] > 0 and r["gflops"] > 0 and r["flop_per_step"] > 0
+        assert r["ms_min"] <= r["ms_per_step"] <= r["ms_max"]
+        if r["mode"] == "reference":
+            assert r["dtype"] == "float64"
+            if r["rule"] in ("gp", "vgp"):
+                assert (r["arithmetic"], r["inverse"]) == ("target", "inv")
+        else:
+            assert r["dtype"] == "float32" and r["speedup_vs_reference"] > 0
+            if r["rule"] in ("gp", "vgp"):
+                assert (r["arithmetic"], r["inverse"]) == ("difference", "lu")
+    assert next(r for r in rows if r["rule"] == "bp" and r["mode"] == "fast")["ratio_to_bp"] == 1.0
+
+
+def test_bench_without_reference_and_with_options(capsys):
+    rows = _bench(capsys, "--rules", "gp", "--dtype", "float64", "--arithmetic", "target", "--check-numerics", "off",
+                  "--ortho-every", "2")
+    assert len(rows) == 1
+    (r,) = rows
+    assert (r["rule"], r["mode"], r["dtype"], r["arithmetic"], r["ortho_every"]) == ("gp", "fast", "float64",
+                                                                                     "target", 2)
+    assert r["ratio_to_bp"] is None and r["speedup_vs_reference"] is None
+
+
+def test_bench_table_output_and_bad_options(capsys):
+    assert main(["bench", "--net", "digits_shallow", "--rules", "bp", "--batch", "4", "--steps", "1", "--repeats",
+                 "1", "--warmup", "0", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "ms/step" in out and "matmul float32" in out
+    assert main(["bench", "--net", "digits_shallow", "--rules", "bp,nope"]) == 2
+    assert "unknown rule 'nope'" in capsys.readouterr().err
+    assert main(["bench", "--net", "digits_shallow", "--rules", "bp", "--batch", "0"]) == 2
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [("digits_deep", {}), ("cifar10_conv", {"width_mult": 0.25})])
+@pytest.mark.parametrize("rule", ["bp", "fa", "gp"])
+def test_analytic_flops_match_torch_flop_counter(name, kwargs, rule):
+    net = Network(preset(name, rule, **kwargs))
+    x, y = batch(net, 4)
+    sched = Scheduler(net)
+    with FlopCounterMode(display=False) as counter:
+        sched.train_step(x, y)
+    parts = step_flops(net, 4)
+    # the counter sees matmuls and convolutions, not LU factorisations or triangular solves: GP's dense messages
+    # (solves) are not in its count, its conv messages (transposed convolutions with M^{-1}) are
+    counted = parts["forward"] + parts["weight_grads"] + parts["regularizer"]
+    if rule != "gp":
+        counted += parts["messages"]
+    else:
+        counted += sum(2 * 4 * layer.weight.numel() * math.prod(layer.out_shape[1:])
+                       for layer in net.layers[1:] if layer.weight.dim() > 2)
+    assert counter.get_total_flops() == pytest.approx(counted, rel=1e-9)
+
+
+def test_options_are_validated():
+    from sim.errors import ConfigError
+
+    for bad in ({"rules": ()}, {"rules": ("bp", "bp")}, {"steps": 0}, {"net": "cifar11"}, {"check_numerics": "x"}):
+        with pytest.raises(ConfigError):
+            run(BenchOptions(**bad))
