@@ -13,7 +13,14 @@ coordinates listed in each variable's ``coordinates`` attribute), so ``xr.open_z
 rewrites the consolidated metadata in the root ``zarr.json`` (one atomic file replace). Readers use the consolidated
 metadata, so they see the store as of the last commit: a crash at any point leaves a readable, self-consistent
 prefix. zarr's ``LocalStore`` writes every file atomically (temp file + rename), so rewriting a partly filled chunk
-never leaves a torn chunk either. :meth:`truncate` cuts every dim back to given lengths (resume).
+never leaves a torn chunk either (a kill leaves at most a ``*.partial`` temp file, removed on reopening).
+:meth:`truncate` cuts every dim back to given lengths (resume).
+
+**Checking what is kept.** Every block of rows is hashed (SHA-256 of its bytes) as it is written; the checkpoint
+stores these :attr:`RunArchive.digests`, and on resume :meth:`verify` re-reads the rows the checkpoint keeps and
+names every chunk file whose rows are missing, undecodable or changed (docs/reliability.md). A store is deleted by
+renaming it out of the way first (:func:`remove_store`), so no moment of a deletion leaves a half-deleted store that
+still reads as a run.
 
 Every ``OSError`` (full disk, read-only folder) becomes an :class:`ArchiveError` naming the store.
 """
@@ -21,7 +28,13 @@ Every ``OSError`` (full disk, read-only folder) becomes an :class:`ArchiveError`
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
+import os
+import re
+import shutil
+import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -31,10 +44,17 @@ from typing import Any
 import numpy as np
 import zarr
 
+from sim import faults
 from sim.errors import GaitsimError
 
 #: rows per chunk along ``epoch`` and ``checkpoint`` (coordinates); a step chunk holds one epoch's steps
 EPOCH_CHUNK = 64
+
+#: the growing dims, in the order of :class:`Lengths`
+GROWING = ("step", "epoch", "checkpoint")
+
+#: what a layer name must look like to become part of variable and dim names (no path separators, no dots)
+SAFE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
 #: per-epoch scalar variables: name -> (units, description)
 EPOCH_METRICS: dict[str, tuple[str, str]] = {
@@ -63,7 +83,8 @@ def io_errors(path: Path | str, what: str) -> Iterator[None]:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ArchiveError(f"cannot {what} {path}: {reason}; check that the folder is writable and the disk has "
-                           f"space (earlier checkpoints are left intact)") from exc
+                           "space (the earlier checkpoints and the store's last commit are left intact: continue "
+                           "with --resume once fixed)") from exc
 
 
 @dataclass(frozen=True)
@@ -100,6 +121,21 @@ class Lengths:
 
 _FILL = {"f": math.nan, "i": -1, "b": False}
 
+#: ``{array name: [[first row, end row, digest], ...]}``: the digests of the row blocks written to a store
+Digests = dict[str, list[list]]
+
+
+def digest(values: np.ndarray) -> str:
+    """A short SHA-256 of an array's rows as stored (shape, dtype and bytes; strings by their text)."""
+    values = np.asarray(values)
+    h = hashlib.sha256(f"{values.shape}|".encode())
+    if values.dtype.kind in "OUT":
+        h.update(json.dumps([str(v) for v in values.reshape(-1)]).encode())
+    else:
+        h.update(values.dtype.str.encode())
+        h.update(np.ascontiguousarray(values).tobytes())
+    return h.hexdigest()[:32]
+
 
 @contextlib.contextmanager
 def _quiet_zarr() -> Iterator[None]:
@@ -117,13 +153,26 @@ class RunArchive:
     def __init__(self, path: Path, group: zarr.Group) -> None:
         self.path = path
         self.group = group
-        self.layers = [str(v) for v in group["layer"][:]]
+        try:
+            self.layers = [str(v) for v in group["layer"][:]]
+        except KeyError:
+            raise  # no such array (a store killed while it was created): open() reports it
+        except Exception as exc:  # noqa: BLE001 - a damaged chunk fails in the codec, whichever it is
+            raise ArchiveError(f"{path / 'layer' / 'c' / '0'} (layer) cannot be decoded ({type(exc).__name__}: "
+                               f"{exc}); the run store {path} is damaged: start over with --overwrite") from None
         self._arrays: dict[str, zarr.Array] = dict(group.arrays())
-        self._by_dim: dict[str, list[zarr.Array]] = {"step": [], "epoch": [], "checkpoint": []}
+        self._by_dim: dict[str, list[zarr.Array]] = {dim: [] for dim in GROWING}
         for arr in self._arrays.values():
-            first = (arr.metadata.dimension_names or (None,))[0]
-            if first in self._by_dim:
+            first = self._growing_dim(arr)
+            if first is not None:
                 self._by_dim[first].append(arr)
+        #: digests of the row blocks written by this process (or set from a checkpoint with :meth:`set_digests`)
+        self._digests: Digests = {}
+
+    @staticmethod
+    def _growing_dim(arr: zarr.Array) -> str | None:
+        first = (arr.metadata.dimension_names or (None,))[0]
+        return first if first in GROWING else None
 
     # ----- creation -----------------------------------------------------------------------------------------------
     @classmethod
@@ -132,7 +181,16 @@ class RunArchive:
         """A new, empty store at ``path`` (which must not exist) with every variable at length 0 along the growing
         dims, the static coordinates filled in, ``attrs`` set and ``complete = False``; committed."""
         path = Path(path)
+        names = [layer.name for layer in layers]
+        for name in names:
+            if not isinstance(name, str) or not SAFE_NAME.match(name):
+                raise ArchiveError(f"layer name {name!r} cannot name archive variables ({path}): use a letter, then "
+                                   "letters, digits or '_' (at most 64 characters)")
+        if len(set(names)) != len(names):
+            raise ArchiveError(f"layer names {names} are not unique; they name the archive's variables ({path})")
+        digests: Digests = {}
         with io_errors(path, "create the run store"):
+            _sweep_trash(path)
             # the attributes (config included) go into the very first zarr.json: a store is a run store from its
             # first file on, so a crash during creation leaves something --overwrite or --resume recognises
             group = zarr.open_group(str(path), mode="w-", zarr_format=3, attributes={**attrs, "complete": False})
@@ -153,6 +211,8 @@ class RunArchive:
                                          fill_value=fill, attributes=attributes)
                 if data is not None:
                     arr[...] = data
+                    digests[name] = [[0, len(data), digest(data if dt is None else np.asarray(data, dtype=dt))]]
+                faults.hit("archive.create")
                 return arr
 
             # static coordinates
@@ -207,21 +267,29 @@ class RunArchive:
                           coords=["checkpoint_step"], description=f"target t = a + d of layer {layer.name} on the "
                           "probe batch (no noise, no update applied), in float64 so that t - a recovers d")
         archive = cls(path, group)
+        archive._digests = digests
         archive.commit()
         return archive
 
     @classmethod
     def open(cls, path: Path | str) -> RunArchive:
-        """Reopen an existing store for appending (reads the arrays' own metadata, not the consolidated copy)."""
+        """Reopen an existing store for appending (reads the arrays' own metadata, not the consolidated copy) and
+        remove the temp files a killed write may have left (zarr writes ``<file>.<uuid>.partial``, then renames)."""
         path = Path(path)
         with io_errors(path, "open the run store"):
+            for partial in path.rglob("*.partial"):
+                if partial.is_file() and not partial.is_symlink():
+                    partial.unlink()
             try:
                 with _quiet_zarr():
                     group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
                     return cls(path, group)
-            except (KeyError, FileNotFoundError, ValueError) as exc:
-                raise ArchiveError(f"{path} is not a readable gaitsim run store ({exc}); start over with "
-                                   "--overwrite") from None
+            except (OSError, ArchiveError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - damaged metadata shows up as many kinds of errors
+                where = next((p for p in sorted(path.rglob("zarr.json")) if not _is_json(p)), path)
+                raise ArchiveError(f"{where} is not readable ({type(exc).__name__}: {exc}); the run store {path} is "
+                                   "damaged: start over with --overwrite") from None
 
     # ----- appending ----------------------------------------------------------------------------------------------
     @property
@@ -229,12 +297,24 @@ class RunArchive:
         """Rows along ``step``, ``epoch`` and ``checkpoint`` per the arrays' own metadata."""
         return Lengths(*(int(self._arrays[d].shape[0]) for d in ("step", "epoch", "checkpoint")))
 
+    @property
+    def digests(self) -> Digests:
+        """A copy of the digests of every row block written (what a checkpoint stores, see :meth:`verify`)."""
+        return {name: [list(r) for r in records] for name, records in self._digests.items()}
+
+    def set_digests(self, digests: Digests) -> None:
+        """Take the digests a checkpoint stored (on resume, before :meth:`truncate`)."""
+        self._digests = {name: [list(r) for r in records] for name, records in digests.items()}
+
     def _append(self, name: str, values: np.ndarray) -> None:
         arr = self._arrays[name]
         n = arr.shape[0]
-        values = np.asarray(values)
-        arr.resize((n + values.shape[0], *arr.shape[1:]))
-        arr[n:] = values
+        values = np.asarray(values, dtype=arr.dtype)
+        with io_errors(self.path, f"write {name!r} to the run store"):
+            arr.resize((n + values.shape[0], *arr.shape[1:]))
+            faults.hit("archive.append")
+            arr[n:] = values
+        self._digests.setdefault(name, []).append([n, n + values.shape[0], digest(values)])
 
     def append_steps(self, *, first_step: int, epoch: int, loss: np.ndarray, batch_size: np.ndarray,
                      angle: np.ndarray) -> None:
@@ -273,7 +353,7 @@ class RunArchive:
 
     def truncate(self, lengths: Lengths) -> None:
         """Cut every growing dim back to ``lengths`` (rows after it are dropped and will be rewritten); committed."""
-        target = {"step": lengths.steps, "epoch": lengths.epochs, "checkpoint": lengths.checkpoints}
+        target = _targets(lengths)
         with io_errors(self.path, "truncate the run store"):
             for dim, arrays in self._by_dim.items():
                 for arr in arrays:
@@ -283,7 +363,60 @@ class RunArchive:
                                            f"with --overwrite")
                     if arr.shape[0] != target[dim]:
                         arr.resize((target[dim], *arr.shape[1:]))
+                        faults.hit("archive.truncate")
+        for name, records in self._digests.items():
+            dim = self._growing_dim(self._arrays[name]) if name in self._arrays else None
+            if dim is not None:
+                self._digests[name] = [r for r in records if r[1] <= target[dim]]
         self.commit()
+
+    # ----- verification -------------------------------------------------------------------------------------------
+    def chunk_path(self, name: str, row: int) -> Path:
+        """The file of array ``name``'s chunk that holds ``row`` (along its first dim)."""
+        arr = self._arrays[name]
+        coords = (row // arr.chunks[0], *([0] * (arr.ndim - 1)))
+        return self.path / arr.path / arr.metadata.chunk_key_encoding.encode_chunk_key(coords)
+
+    def verify(self, lengths: Lengths, digests: Digests) -> list[str]:
+        """Check the rows a checkpoint keeps (``lengths`` along the growing dims, every row of the static
+        coordinates) against the ``digests`` recorded when they were written.
+
+        Returns one line per damaged chunk, ``'<chunk file> (<array>): <what is wrong>'``; empty if all is intact.
+        Reads every kept row once (the store's size, a few MB per probe checkpoint)."""
+        target = _targets(lengths)
+        problems: list[str] = []
+        for name, records in sorted(digests.items()):
+            arr = self._arrays.get(name)
+            if arr is None:
+                problems.append(f"{self.path / name} ({name}): the array is missing")
+                continue
+            dim = self._growing_dim(arr)
+            stop = target[dim] if dim is not None else arr.shape[0]
+            if arr.shape[0] < stop:
+                problems.append(f"{self.path / arr.path} ({name}): holds {arr.shape[0]} rows along {dim}, fewer than "
+                                f"the checkpoint's {stop}")
+                continue
+            reasons: dict[int, str] = {}
+            rows = arr.chunks[0]
+            for start, end, expected in records:
+                if end > stop:
+                    continue
+                chunks = range(start // rows, (end - 1) // rows + 1)
+                try:
+                    with _quiet_zarr():
+                        values = arr[start:end]
+                except Exception as exc:  # noqa: BLE001 - a torn chunk fails in the codec, whichever it is
+                    why = f"cannot be decoded ({type(exc).__name__}: {exc})"
+                    for c in chunks:
+                        reasons.setdefault(c, why)
+                    continue
+                if digest(values) != expected:
+                    for c in chunks:
+                        missing = not self.chunk_path(name, c * rows).exists()
+                        reasons.setdefault(c, "is missing" if missing else f"rows {start}..{end - 1} differ from "
+                                           "what was written (checksum mismatch)")
+            problems += [f"{self.chunk_path(name, c * rows)} ({name}): {why}" for c, why in sorted(reasons.items())]
+        return problems
 
     # ----- attributes and commits ---------------------------------------------------------------------------------
     @property
@@ -291,12 +424,56 @@ class RunArchive:
         return dict(self.group.attrs)
 
     def commit(self, **attrs: Any) -> None:
-        """Set ``attrs`` (if any), then rewrite the consolidated metadata: readers now see everything appended."""
+        """Rewrite the consolidated metadata, then set ``attrs`` (if any): readers now see everything appended."""
         with io_errors(self.path, "write to the run store"):
-            if attrs:
-                self.group.attrs.update(attrs)
+            # consolidate first, then set the attributes on the consolidated group: each step is one atomic
+            # replace of the root zarr.json that keeps the consolidated metadata (attributes set through a group
+            # opened without it would write a zarr.json without it, and readers would see uncommitted rows)
             with _quiet_zarr():
-                zarr.consolidate_metadata(self.group.store)
+                group = zarr.consolidate_metadata(self.group.store)
+            faults.hit("archive.commit")
+            if attrs:
+                group.attrs.update(attrs)
+            self.group = group
+
+
+def _is_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _targets(lengths: Lengths) -> dict[str, int]:
+    return {"step": lengths.steps, "epoch": lengths.epochs, "checkpoint": lengths.checkpoints}
+
+
+def _trash_name(path: Path) -> str:
+    return f".{path.name}.deleting-"
+
+
+def _sweep_trash(path: Path) -> None:
+    """Finish deletions a kill interrupted: the renamed-away copies of the store at ``path``."""
+    if path.parent.is_dir():
+        for old in path.parent.iterdir():
+            if old.name.startswith(_trash_name(path)) and old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_store(path: Path | str) -> None:
+    """Delete the run store (or symlink) at ``path``: renamed aside first (one atomic step, after which ``path``
+    no longer exists), then removed, so a kill during the deletion never leaves a half-deleted store behind that
+    still reads as a run. A leftover ``.<name>.deleting-*`` folder is removed by the next :meth:`RunArchive.create`."""
+    path = Path(path)
+    with io_errors(path, "remove the old run store"):
+        if path.is_symlink() or not path.is_dir():
+            path.unlink()
+            return
+        trash = path.with_name(f"{_trash_name(path)}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        os.replace(path, trash)
+        faults.hit("archive.remove")
+        shutil.rmtree(trash)
 
 
 def read_attrs(path: Path | str) -> dict[str, Any] | None:

@@ -1,40 +1,66 @@
-"""Checkpoints of a run: everything needed to continue it bit for bit (docs/runs.md, "Checkpoints and resume").
+"""Checkpoints of a run: everything needed to continue it bit for bit (docs/runs.md, "Checkpoints and resume";
+docs/reliability.md).
 
 A checkpoint holds the network's ``state_dict`` (weights, biases, FA feedback buffers), the scheduler's (Adam state,
-noise-generator state, step counter), the global torch and numpy RNG states, the position in the data order
-(``epochs_done`` completed epochs plus ``batches_done`` batches of the next one) and the archive's row counts at that
-moment, so a resumed run cuts the archive back to exactly the state the checkpoint describes.
+learning rates, noise-generator state, step counter), the global torch and numpy RNG states, the position in the
+data order (``epochs_done`` completed epochs plus ``batches_done`` batches of the next one), the archive's row counts
+and the digests of those rows at that moment (so a resumed run cuts the archive back to exactly the state the
+checkpoint describes, and checks that what it keeps is intact), and the non-finite retries taken so far.
 
-It lives inside the run store, ``STORE/_checkpoints/last.pt`` (zarr ignores the folder), so deleting the store
-deletes its checkpoint and a new run can never resume from a stale one. It is written atomically: ``torch.save`` to a
-temp file in the same folder, ``fsync``, ``os.replace`` over the previous checkpoint, ``fsync`` of the folder; a
-failed write (full disk, read-only folder) leaves the previous checkpoint intact and raises
-:class:`~sim.archive.ArchiveError` naming the path. Only tensors and primitives are stored, so it loads with
-``torch.load(..., weights_only=True)``.
+The two newest checkpoints live inside the run store, ``STORE/_checkpoints/last.pt`` and ``prev.pt`` (zarr ignores
+the folder), so deleting the store deletes them and a new run can never resume from a stale one. Beside them,
+``manifest.json`` lists the SHA-256 of every checkpoint file written that may still be on disk; a file whose hash is
+not listed is damaged (truncated, overwritten, bit rot) and is passed over, with its path named, for the older one.
+
+Writing (:func:`save`) never leaves a moment without an intact checkpoint: ``torch.save`` to a temp file in the same
+folder, ``fsync``; its hash added to the manifest (temp file, ``fsync``, ``os.replace``); ``last.pt`` renamed to
+``prev.pt``; the temp file renamed to ``last.pt``; ``fsync`` of the folder. A failed write (full disk, read-only
+folder) leaves the previous checkpoints intact and raises :class:`~sim.archive.ArchiveError` naming the path. Only
+tensors and primitives are stored, and files are read with ``torch.load(..., weights_only=True)``: a checkpoint
+that holds anything else (e.g. a pickle that would run code) is refused, not executed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
+import json
 import os
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from sim.archive import ArchiveError, Lengths, io_errors
+from sim import faults
+from sim.archive import ArchiveError, Digests, Lengths, io_errors
 
 FOLDER = "_checkpoints"
 FILENAME = "last.pt"
-FORMAT = 1
+PREVIOUS = "prev.pt"
+MANIFEST = "manifest.json"
+FORMAT = 2
+#: checksums the manifest keeps (the files on disk are at most last.pt, prev.pt and one being written)
+_MANIFEST_ENTRIES = 4
 
 
 def checkpoint_path(store: Path | str) -> Path:
-    """Where the checkpoint of the run store ``store`` lives."""
+    """Where the newest checkpoint of the run store ``store`` lives."""
     return Path(store) / FOLDER / FILENAME
+
+
+def previous_path(store: Path | str) -> Path:
+    """Where the checkpoint before the newest one lives."""
+    return Path(store) / FOLDER / PREVIOUS
+
+
+def manifest_path(store: Path | str) -> Path:
+    """The checksum manifest of the store's checkpoints."""
+    return Path(store) / FOLDER / MANIFEST
 
 
 @dataclass
@@ -54,13 +80,20 @@ class Checkpoint:
     network: dict[str, torch.Tensor]
     """``Network.state_dict()``."""
     scheduler: dict[str, Any]
-    """``Scheduler.state_dict()``."""
+    """``Scheduler.state_dict()`` (the optimizer's learning rates included)."""
     torch_rng: torch.Tensor
     """``torch.get_rng_state()``."""
     numpy_rng: dict[str, Any]
     """``numpy.random.get_state()`` as tensors and primitives."""
     reason: str = "scheduled"
-    """Why it was written: 'scheduled', 'final' or 'failure' (the last good state before a non-finite step)."""
+    """Why it was written: 'start' (before the first step, for non-finite retries), 'scheduled', 'final' or
+    'failure' (the last good state before a non-finite step)."""
+    digests: Digests = field(default_factory=dict)
+    """:attr:`sim.archive.RunArchive.digests` at this state: what :meth:`~sim.archive.RunArchive.verify` checks."""
+    retries: list[dict[str, Any]] = field(default_factory=list)
+    """The non-finite retries taken so far (``train.on_nonfinite: retry``): step, step resumed from, lr factor."""
+    path: Path | None = None
+    """The file it was read from (not stored)."""
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -69,18 +102,21 @@ class Checkpoint:
             "lengths": {"steps": self.lengths.steps, "epochs": self.lengths.epochs,
                         "checkpoints": self.lengths.checkpoints},
             "network": self.network, "scheduler": self.scheduler, "torch_rng": self.torch_rng,
-            "numpy_rng": self.numpy_rng, "reason": self.reason,
+            "numpy_rng": self.numpy_rng, "reason": self.reason, "digests": self.digests,
+            "retries": self.retries,
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> Checkpoint:
-        if state.get("format") != FORMAT:
-            raise ValueError(f"checkpoint format {state.get('format')!r}, expected {FORMAT}")
+    def from_state(cls, state: dict[str, Any], path: Path | None = None) -> Checkpoint:
+        if not isinstance(state, dict) or state.get("format") not in (1, FORMAT):
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"checkpoint format {found!r}, expected {FORMAT}")
         return cls(config_json=state["config_json"], epochs_done=int(state["epochs_done"]),
                    batches_done=int(state["batches_done"]), step=int(state["step"]),
                    lengths=Lengths(**{k: int(v) for k, v in state["lengths"].items()}), network=state["network"],
                    scheduler=state["scheduler"], torch_rng=state["torch_rng"], numpy_rng=state["numpy_rng"],
-                   reason=str(state.get("reason", "scheduled")))
+                   reason=str(state.get("reason", "scheduled")), digests=dict(state.get("digests", {})),
+                   retries=list(state.get("retries", [])), path=path)
 
 
 def numpy_rng_state() -> dict[str, Any]:
@@ -95,6 +131,7 @@ def set_numpy_rng_state(state: dict[str, Any]) -> None:
                          state["cached_gaussian"]))
 
 
+# ----- writing ------------------------------------------------------------------------------------------------------
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):  # not every filesystem lets a folder be opened or synced
         fd = os.open(folder, os.O_RDONLY)
@@ -104,37 +141,169 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_manifest(folder: Path) -> list[dict[str, Any]] | None:
+    """The manifest's entries, newest first; None if there is no manifest; raises ValueError if it is damaged."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    entries = doc.get("checkpoints") if isinstance(doc, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("sha256"), str)
+                                                for e in entries):
+        raise ValueError("it does not list checkpoints with their sha256")
+    return entries
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Write a file through ``write(f)`` to a temp file beside ``path``, fsync it, rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def save(store: Path | str, ckpt: Checkpoint) -> Path:
-    """Write ``ckpt`` atomically as the store's checkpoint; returns its path."""
+    """Write ``ckpt`` as the store's newest checkpoint (the newest before it becomes ``prev.pt``); returns its path.
+
+    At every moment of the write an intact checkpoint is on disk (the module docstring has the sequence)."""
     path = checkpoint_path(store)
+    folder = path.parent
     with io_errors(path, "write the checkpoint"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{FILENAME}.", suffix=".tmp", dir=path.parent)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(".*.tmp"):  # left by a write a kill interrupted
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        try:
+            entries = _read_manifest(folder) or []
+        except ValueError:
+            entries = []  # a damaged manifest: start a new one (the files it described can no longer be verified)
+        fd, tmp = tempfile.mkstemp(prefix=f".{FILENAME}.", suffix=".tmp", dir=folder)
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save(ckpt.to_state(), f)
                 f.flush()
+                faults.hit("checkpoint.write")
                 os.fsync(f.fileno())
+            entry = {"sha256": _sha256(Path(tmp)), "step": ckpt.step, "epochs_done": ckpt.epochs_done,
+                     "batches_done": ckpt.batches_done, "reason": ckpt.reason}
+            entries = [entry, *[e for e in entries if e.get("sha256") != entry["sha256"]]][:_MANIFEST_ENTRIES]
+            faults.hit("checkpoint.manifest")
+            doc = {"format": FORMAT, "checkpoints": entries}
+            _write_atomic(folder / MANIFEST, lambda f: f.write(json.dumps(doc, indent=1).encode()))
+            if path.exists():
+                os.replace(path, folder / PREVIOUS)
+                faults.hit("checkpoint.rotate")
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(path.parent)
+        _fsync_dir(folder)
     return path
 
 
+# ----- reading ------------------------------------------------------------------------------------------------------
+@dataclass
+class Candidate:
+    """One checkpoint file of a store, read and checked: ``checkpoint`` is set if it is intact, else ``problem``
+    says what is wrong with it (naming its path)."""
+
+    path: Path
+    checkpoint: Checkpoint | None = None
+    problem: str | None = None
+    verified: bool = False
+    """Whether its checksum was found in the manifest (False: no manifest to check it against)."""
+
+
+def _read(path: Path, known: set[str] | None, map_location) -> Candidate:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return Candidate(path, problem=f"checkpoint {path} cannot be read: {exc.strerror or exc}")
+    if known is not None and hashlib.sha256(data).hexdigest() not in known:
+        return Candidate(path, problem=f"checkpoint {path} is damaged (truncated or overwritten): its SHA-256 is "
+                                       f"not among those {path.parent / MANIFEST} recorded when checkpoints were "
+                                       "written")
+    try:
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling, zip and format errors all mean "refused"
+        why = _load_error(exc)
+        if "GLOBAL" in why or "global" in why:
+            return Candidate(path, problem=f"checkpoint {path} holds objects other than tensors and plain values; "
+                                           f"refused, not unpickled (torch.load with weights_only=True: {why})")
+        return Candidate(path, problem=f"checkpoint {path} is unreadable ({why})")
+    try:
+        ckpt = Checkpoint.from_state(state, path)
+    except (KeyError, TypeError, ValueError) as exc:
+        return Candidate(path, problem=f"checkpoint {path} is unreadable (not a gaitsim checkpoint: {exc})")
+    return Candidate(path, checkpoint=ckpt, verified=known is not None)
+
+
+def _load_error(exc: Exception) -> str:
+    """The informative line of a ``torch.load`` error (torch wraps it in paragraphs of advice)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if "GLOBAL" in line or "error:" in line and line.split("error:", 1)[1].strip():
+            return line.split("error:", 1)[1].strip() if "error:" in line and "GLOBAL" not in line else line
+    if lines and "Weights only load failed" in lines[0]:
+        useful = [line for line in lines[1:] if not line.startswith(("Check the documentation", "Please file"))]
+        if useful:
+            return useful[-1]
+    return f"{type(exc).__name__}: {lines[0].split('. ')[0] if lines else ''}".strip()
+
+
+def candidates(store: Path | str, map_location: torch.device | str = "cpu") -> Iterator[Candidate]:
+    """The store's checkpoint files, newest first (``last.pt``, then ``prev.pt``), each read lazily and checked
+    against the manifest. Without a manifest (stores written before it existed, or a deleted one) the files are
+    read unverified; a damaged manifest is reported as the first candidate's problem and then ignored."""
+    folder = Path(store) / FOLDER
+    files = [p for p in (folder / FILENAME, folder / PREVIOUS) if p.is_file()]
+    if not files:
+        return
+    try:
+        entries = _read_manifest(folder)
+    except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        yield Candidate(folder / MANIFEST, problem=f"checkpoint manifest {folder / MANIFEST} is damaged ({exc}); "
+                                                   "reading the checkpoints without checksums")
+        entries = None
+    known = None if entries is None else {e["sha256"] for e in entries}
+    for path in files:
+        yield _read(path, known, map_location)
+
+
 def load(store: Path | str, map_location: torch.device | str = "cpu") -> Checkpoint | None:
-    """The store's checkpoint, or None if it has none."""
-    path = checkpoint_path(store)
-    if not path.is_file():
+    """The store's newest intact checkpoint, or None if it has none.
+
+    Raises:
+        ArchiveError: checkpoint files exist but none is intact (each file's problem is named).
+    """
+    problems = []
+    for cand in candidates(store, map_location):
+        if cand.checkpoint is not None:
+            return cand.checkpoint
+        problems.append(cand.problem)
+    if not problems:
         return None
-    with io_errors(path, "read the checkpoint"):
-        try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-            return Checkpoint.from_state(state)
-        except OSError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - unpickling, zip and format errors all mean "damaged"
-            raise ArchiveError(f"checkpoint {path} is unreadable ({exc}); delete it to restart the run from the "
-                               "beginning with --overwrite") from None
+    raise ArchiveError(no_intact_checkpoint(store, problems))
+
+
+def no_intact_checkpoint(store: Path | str, problems: list[str]) -> str:
+    """The message for a store whose checkpoints are all damaged."""
+    lines = "\n".join(f"  - {p}" for p in problems)
+    return (f"cannot resume {store}: no intact checkpoint to continue from:\n{lines}\nStart the run over with "
+            "--overwrite (this deletes the store), or restore the files from a backup.")

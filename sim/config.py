@@ -21,6 +21,7 @@ import difflib
 import functools
 import inspect
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
@@ -28,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import torch
 import yaml
 
-from sim.errors import ConfigError, GaitsimError
+from sim.errors import ConfigError, GaitsimError, ShapeError
 from sim.network import LayerSpec, Network, NetworkConfig
 from sim.presets import PRESETS, preset
 from sim.rules import RuleSettings, get_rule
@@ -126,6 +128,13 @@ class TrainSection:
     """Samples per forward pass of the per-epoch evaluation."""
     num_workers: int = 0
     """Decoding processes for file-backed data."""
+    on_nonfinite: str = "stop"
+    """On a NaN/Inf or a singular layer: 'stop' (keep the prefix and the last good state, and raise) or 'retry'
+    (go back to the last checkpoint with every learning rate scaled by ``retry_lr_factor``)."""
+    retry_lr_factor: float = 0.5
+    """'retry': the factor each retry multiplies every learning rate by (0 < factor < 1)."""
+    max_retries: int = 3
+    """'retry': retries allowed over the whole run before it stops as with 'stop'."""
 
 
 @dataclass(frozen=True)
@@ -265,16 +274,98 @@ def _format_error(error: jsonschema.ValidationError) -> list[str]:
         missing = [k for k in error.validator_value if k not in error.instance]
         return [f"{prefix}missing required key {k!r}" if where else f"missing required top-level key {k!r}"
                 for k in missing]
+    if error.validator == "pattern" and where == "name":
+        return [f"name: {error.instance!r} could be taken for a path: a run name may hold '/' but may not start with "
+                "'/' or contain a '..' part or control characters"]
     if error.validator == "enum":
         choices = [c for c in error.validator_value if c is not None]
         return [f"{prefix}{error.instance!r} is not one of {choices}{_suggest(error.instance, choices)}"]
     return [f"{prefix}{error.message}"]
 
 
+#: limits of a config document's shape: deeper or bigger ones are garbage, not configs
+MAX_DEPTH = 16
+MAX_NODES = 100_000
+
+
+def _walk(value: Any, path: tuple, ancestors: set[int], budget: list[int], nonfinite: dict, problems: list) -> None:
+    """Check that ``value`` is a tree of JSON values (YAML may give dates, sets, binary data, or aliases that refer
+    to themselves); collect NaN/Inf numbers by key path."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        if budget[0] == -1:
+            problems.append(f"config: more than {MAX_NODES} values; this is not a run config")
+        return
+    where = _key_path(path) or "config"
+    if isinstance(value, (dict, list)):
+        if id(value) in ancestors:
+            problems.append(f"{where}: refers to itself (a YAML alias inside its own anchor)")
+            return
+        if len(path) >= MAX_DEPTH:
+            problems.append(f"{where}: nested more than {MAX_DEPTH} levels deep; this is not a run config")
+            return
+        ancestors.add(id(value))
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    problems.append(f"{where}: key {k!r} is not a string (keys are names such as 'epochs')")
+                    continue
+                _walk(v, (*path, k), ancestors, budget, nonfinite, problems)
+        else:
+            for i, v in enumerate(value):
+                _walk(v, (*path, i), ancestors, budget, nonfinite, problems)
+        ancestors.discard(id(value))
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            nonfinite[path] = f"{where}: {value!r} is not a finite number"
+    elif value is not None and not isinstance(value, (str, int, bool)):
+        problems.append(f"{where}: {value!r} is a {type(value).__name__}, not a number, string, boolean, list or "
+                        "mapping")
+
+
 def schema_errors(doc: Any) -> list[str]:
-    """Every schema violation of ``doc`` as a message naming its key path (empty if valid)."""
+    """Every schema violation of ``doc`` as a message naming its key path (empty if valid). Also refused: NaN and
+    Inf numbers, and documents that are not trees of JSON values (self-referencing aliases, non-string keys, dates,
+    garbage nested deeper than :data:`MAX_DEPTH` or bigger than :data:`MAX_NODES`)."""
+    problems: list[str] = []
+    nonfinite: dict[tuple, str] = {}
+    _walk(doc, (), set(), [MAX_NODES], nonfinite, problems)
+    if problems:
+        return problems
     errors = sorted(_validator().iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path])
-    return [line for error in errors for line in _format_error(error)]
+    lines = [line for error in errors if tuple(error.absolute_path) not in nonfinite for line in _format_error(error)]
+    return sorted([*nonfinite.values(), *lines], key=lambda line: line.split(":")[0]) if nonfinite else lines
+
+
+def _schema_at(node: dict, root: dict) -> dict:
+    while "$ref" in node:
+        node = {**_resolve_ref(root, node["$ref"]), **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def _resolve_ref(root: dict, ref: str) -> dict:
+    node = root
+    for part in ref.removeprefix("#/").split("/"):
+        node = node[part]
+    return node
+
+
+def _integers(value: Any, node: dict, root: dict) -> Any:
+    """``value`` with integral floats (``3.0``, which JSON Schema counts as an integer) turned into ints where the
+    schema asks for an integer, so that ``epochs: 3.0`` trains 3 epochs instead of failing deep inside Python."""
+    node = _schema_at(node, root)
+    if isinstance(value, dict):
+        props = node.get("properties", {})
+        return {k: _integers(v, props.get(k, {}), root) for k, v in value.items()}
+    if isinstance(value, list):
+        branches = [_schema_at(b, root) for b in node.get("oneOf", [])] or [node]
+        items = next((b.get("items", {}) for b in branches if "items" in b), {})
+        return [_integers(v, items, root) for v in value]
+    types = node.get("type", [])
+    if isinstance(value, float) and value.is_integer() and "integer" in (types if isinstance(types, list)
+                                                                          else [types]):
+        return int(value)
+    return value
 
 
 def _raise(source: str, problems: list[str]) -> None:
@@ -336,7 +427,7 @@ def validate_config(doc: dict, *, source: str = "config") -> RunConfig:
     if problems:
         _raise(source, problems)
     try:
-        return _resolve(doc)
+        return _resolve(_integers(doc, load_schema(), load_schema()))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 
@@ -422,9 +513,27 @@ def _resolve(doc: dict) -> RunConfig:
         raise ConfigError(f"network: {exc}") from None
     for which in ("message_std", "activity_std"):
         noise.per_layer(which, depth)
+    _dry_build(net_cfg, network)
     if data.path or data.kind in BUILTIN_KINDS:
         data.spec()  # DataSpec's own checks (e.g. 'random' needs classes and input_shape)
     return cfg
+
+
+def _dry_build(net_cfg: NetworkConfig, network: NetworkSection) -> None:
+    """Build the network on torch's 'meta' device (shapes only: no memory, no numbers, a few ms) so that layers
+    that do not fit together are a ConfigError naming the key now, not a ShapeError when the run starts. The
+    device itself is not checked here: a config for a GPU is valid on a machine without one."""
+    try:
+        with torch.device("meta"):
+            Network(replace(net_cfg, device="meta"))
+    except (ShapeError, ConfigError) as exc:
+        msg = str(exc)
+        m = re.match(r"layer '[a-z]+(\d+)'", msg)
+        if network.layers is not None and m and 1 <= int(m.group(1)) <= len(network.layers):
+            raise ConfigError(f"network.layers[{int(m.group(1)) - 1}]: {msg}") from None
+        if network.layers is not None and msg.startswith(("layer 'output'", "output layer")):
+            raise ConfigError(f"network.classes: {msg}") from None
+        raise ConfigError(msg if msg.startswith(("rules", "network")) else f"network: {msg}") from None
 
 
 # ----- building -----------------------------------------------------------------------------------------------------

@@ -11,9 +11,13 @@ tensor and reach the host once per epoch. After the epoch: accuracy and loss on 
 layers' orthogonality errors, the probe batch at the chosen epochs, one archive commit, and a checkpoint every
 ``record.checkpoint_every`` epochs and after the last.
 
-Failure modes: anything a config can get wrong is refused before the network or data are touched (ConfigError); a
-NaN/Inf (or a singular GP layer) stops the run after the archive prefix and a checkpoint of the last good state are
-written, naming step and layer; an unwritable output becomes an ArchiveError naming the path.
+Failure modes (docs/reliability.md): anything a config can get wrong is refused before the network or data are
+touched (ConfigError); a NaN/Inf (or a singular GP layer) stops the run after the archive prefix and a checkpoint of
+the last good state are written, naming step, layer and quantity, or, with ``train.on_nonfinite: retry``, goes back
+to the last checkpoint with the learning rates scaled by ``train.retry_lr_factor`` (at most ``train.max_retries``
+times); an unwritable output becomes an ArchiveError naming the path. A killed run resumes from its newest intact
+checkpoint whose archive rows are intact (damaged files are named and passed over), so ``--resume`` after a kill at
+any moment ends with the archive an uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import logging
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -36,8 +39,8 @@ from tqdm import tqdm
 
 import sim
 from sim import checkpoint as ckpt_io
-from sim import metrics
-from sim.archive import ArchiveError, LayerInfo, RunArchive, io_errors, read_attrs
+from sim import faults, metrics
+from sim.archive import ArchiveError, LayerInfo, RunArchive, io_errors, read_attrs, remove_store
 from sim.config import RunConfig, build_network, build_scheduler, load_config
 from sim.correspondence import compare
 from sim.errors import ConfigError, DataError, GaitsimError, NonFiniteError, SingularLayerError
@@ -99,9 +102,12 @@ def _check_same_config(stored_json: str, cfg: RunConfig, out: Path) -> None:
 
 # ----- logging ------------------------------------------------------------------------------------------------------
 class _TqdmHandler(logging.Handler):
-    """Writes log lines to stderr through ``tqdm.write`` so they do not break the progress bar."""
+    """Writes log lines to stderr through ``tqdm.write`` so they do not break the progress bar. The error that ends
+    a run goes to the log file only: the command line prints it (once) itself."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "final", False):
+            return
         try:
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # noqa: BLE001 - logging must never kill a run
@@ -156,6 +162,36 @@ def _load_data(cfg: RunConfig, net: Network):
 
 
 # ----- the run ------------------------------------------------------------------------------------------------------
+class _StepFailure(Exception):
+    """A step of epoch ``epoch`` failed (NaN/Inf, singular layer): what :func:`_run` stops or retries on.
+
+    ``batch`` is the failing batch; ``start`` the epoch's first batch trained in this pass; ``unchecked``: found only
+    at the end of the epoch (``train.check_numerics`` off), so the epoch's steps up to ``batch`` were all taken."""
+
+    def __init__(self, error: GaitsimError, epoch: int, start: int, batch: int, unchecked: bool = False) -> None:
+        super().__init__(str(error))
+        self.error, self.epoch, self.start, self.batch, self.unchecked = error, epoch, start, batch, unchecked
+
+
+@torch.no_grad()
+def _trace_nonfinite(net: Network, x: torch.Tensor) -> tuple[str, str] | None:
+    """Where a non-finite value first appears on batch ``x``: a layer's weight or bias, the input, or a layer's
+    activity (forward pass without noise); None if nothing is (the fault did not repeat)."""
+    for layer in net.layers:
+        for kind in ("weight", "bias"):
+            if not bool(torch.isfinite(getattr(layer, kind)).all()):
+                return layer.name, kind
+    if not bool(torch.isfinite(x).all()):
+        return net.names[0], "input"
+    h = x
+    for layer in net.layers:
+        a = layer(h)
+        if not bool(torch.isfinite(a).all()):
+            return layer.name, "activity"
+        h = layer.read(a)
+    return None
+
+
 class _Run:
     """The state of one training run between epochs: network, scheduler, data, archive, position."""
 
@@ -166,6 +202,7 @@ class _Run:
         self.cfg, self.out, self.net, self.sched = cfg, out, net, sched
         self.train_ds, self.test_ds, self.probe_batch = train, test, probe
         self.archive = archive
+        self.retries: list[dict] = []  # non-finite retries so far (train.on_nonfinite: retry)
         self.steps_per_epoch = count_batches(train, cfg.train.batch_size, cfg.train.drop_last)
         n, depth = self.steps_per_epoch, len(net.layers)
         # per-epoch buffers, allocated once: losses stay on the device until the epoch is flushed
@@ -193,27 +230,30 @@ class _Run:
         first = self.sched.step_count - (end - start)
         self.archive.append_steps(first_step=first, epoch=epoch, loss=sums / sizes, batch_size=sizes,
                                   angle=self.angles[start:end])
-        if not self.cfg.train.check_numerics and not np.isfinite(sums).all():
-            bad = first + int(np.flatnonzero(~np.isfinite(sums))[0])
-            self.archive.commit()
-            raise NonFiniteError(
-                f"non-finite loss at step {bad} in layer {self.net.names[-1]!r} (epoch {epoch}); train.check_numerics "
-                f"is off, so this was noticed only at the end of the epoch and the state before it was not kept. The "
-                f"archive {self.out} holds the steps so far; the last checkpoint (if any) is from an earlier epoch. "
-                "Turn check_numerics on to stop at the first NaN/Inf with its layer named.",
-                step=bad, layer=self.net.names[-1], quantity="loss")
 
     def save_checkpoint(self, epochs_done: int, batches_done: int, reason: str) -> Path:
         state = ckpt_io.Checkpoint(
             config_json=self.cfg.to_json(), epochs_done=epochs_done, batches_done=batches_done,
             step=self.sched.step_count, lengths=self.archive.lengths, network=self.net.state_dict(),
             scheduler=self.sched.state_dict(), torch_rng=torch.get_rng_state(),
-            numpy_rng=ckpt_io.numpy_rng_state(), reason=reason)
+            numpy_rng=ckpt_io.numpy_rng_state(), reason=reason, digests=self.archive.digests,
+            retries=self.retries)
         return ckpt_io.save(self.out, state)
+
+    def restore(self, checkpoint: ckpt_io.Checkpoint) -> None:
+        """Take the network, scheduler and RNG states and the retries of ``checkpoint``."""
+        self.net.load_state_dict(checkpoint.network)
+        self.sched.load_state_dict(checkpoint.scheduler)
+        torch.set_rng_state(checkpoint.torch_rng)
+        ckpt_io.set_numpy_rng_state(checkpoint.numpy_rng)
+        self.retries = list(checkpoint.retries)
 
     # ----- one epoch ----------------------------------------------------------------------------------------------
     def epoch(self, epoch: int, start: int, bar: tqdm | None) -> None:
-        """Train epoch ``epoch`` from its batch ``start``, evaluate, record, commit, and checkpoint when due."""
+        """Train epoch ``epoch`` from its batch ``start``, evaluate, record, commit, and checkpoint when due.
+
+        Raises :class:`_StepFailure` (nothing of this epoch written yet) when a step meets a NaN/Inf or a singular
+        layer."""
         from sim.data import iterate_batches
 
         cfg, net, sched = self.cfg, self.net, self.sched
@@ -225,10 +265,17 @@ class _Run:
                                   start_batch=start)
         i = start
         last_postfix = 0.0
+        x = None
+        # a failed step has drawn its noise already: keep the generator's state before each step, so that the
+        # failure checkpoint is the exact state before the failing step (only when there is noise to draw)
+        noisy = any(s > 0 for s in (*sched.message_std, *sched.activity_std))
+        before = None
         try:
             for i, (x, y) in enumerate(batches, start=start):
                 x = x.to(device=net.device, dtype=net.dtype, non_blocking=True)
                 y = y.to(device=net.device, non_blocking=True)
+                if noisy:
+                    before = sched.generator.get_state()
                 if every and sched.step_count % every == 0:
                     corr = compare(sched, x, y)
                     sched.apply(corr.result)
@@ -240,6 +287,7 @@ class _Run:
                     result = sched.train_step(x, y)
                 self.losses[i] = result.loss  # a device-side copy: no host sync per step
                 self.batch_sizes[i] = x.shape[0]
+                faults.hit("train.step")
                 if bar is not None:
                     now = time.monotonic()
                     if now - last_postfix >= 1.0:  # one host sync per second at most
@@ -249,22 +297,22 @@ class _Run:
                                         refresh=False)
                     bar.update(1)
         except (NonFiniteError, SingularLayerError) as exc:
-            # weights are untouched by the failed step: keep the prefix and the last good state, then stop
-            self.flush_steps(epoch, start, i)
-            self.archive.commit()
-            path = self.save_checkpoint(epoch - 1, i, "failure")
-            step = sched.step_count
-            what = str(exc)
-            layer = getattr(exc, "layer", None)
-            if layer and repr(layer) not in what:
-                what = f"{what} (layer {layer!r}, {getattr(exc, 'quantity', None) or 'value'})"
-            held = f"steps 0..{step - 1}" if step else "no steps"
-            msg = (f"{what}. The run stopped at step {step} (epoch {epoch}, batch {i}): the archive {self.out} holds "
-                   f"{held} (complete = false) and {path} holds the state before step {step}.")
-            if isinstance(exc, NonFiniteError):
-                raise NonFiniteError(msg, step=exc.step, layer=exc.layer, quantity=exc.quantity) from exc
-            raise SingularLayerError(msg) from exc
+            # the weights are untouched by the failed step; its noise is put back
+            if before is not None:
+                sched.generator.set_state(before)
+            if isinstance(exc, NonFiniteError) and exc.quantity == "loss" and x is not None:
+                exc = self._traced(exc, x)
+            raise _StepFailure(exc, epoch, start, i) from exc
         end = self.steps_per_epoch
+        if not cfg.train.check_numerics:
+            sums = self.losses[start:end]
+            if not bool(torch.isfinite(sums).all()):  # one host sync per epoch
+                bad = int(torch.nonzero(~torch.isfinite(sums))[0, 0])
+                step = sched.step_count - (end - start) + bad
+                raise _StepFailure(NonFiniteError(
+                    f"non-finite loss at step {step} in layer {net.names[-1]!r} (epoch {epoch}); "
+                    "train.check_numerics is off, so this was noticed only at the end of the epoch",
+                    step=step, layer=net.names[-1], quantity="loss"), epoch, start, end, unchecked=True)
         self.flush_steps(epoch, start, end)
 
         loader = dict(seed=0, epoch=0, shuffle=False, num_workers=cfg.train.num_workers)
@@ -279,6 +327,7 @@ class _Run:
             "test_top5": m_test.top5, "train_loss": m_train.loss, "test_loss": m_test.loss, "epoch_wall_s": wall,
         }, ortho)
         self.archive.commit()
+        faults.hit("train.epoch")
         self.last_test_top1 = m_test.top1
         measured = self.angles[start:end]
         mean_angle = float(np.nanmean(measured)) if np.isfinite(measured).any() else math.nan
@@ -291,6 +340,69 @@ class _Run:
         if bar is not None:
             bar.set_postfix(loss=f"{m_train.loss:.4f}", acc=f"{m_test.top1:.3f}", angle=f"{self.last_angle:.2f}")
 
+    def _traced(self, exc: NonFiniteError, x: torch.Tensor) -> NonFiniteError:
+        """A non-finite loss, with the layer and quantity where the non-finite values start (when they repeat)."""
+        origin = _trace_nonfinite(self.net, x)
+        if origin is None or origin == (exc.layer, exc.quantity):
+            return exc
+        layer, quantity = origin
+        return NonFiniteError(f"{exc}; traced back to the {quantity} of layer {layer!r}, where the non-finite "
+                              "values start", step=exc.step, layer=layer, quantity=quantity)
+
+    # ----- after a failed step ------------------------------------------------------------------------------------
+    def stop(self, failure: _StepFailure) -> None:
+        """Keep what can be kept and raise the failure with the step, layer and what was saved."""
+        exc, epoch, start, i = failure.error, failure.epoch, failure.start, failure.batch
+        retried = (f" after {len(self.retries)} retr{'y' if len(self.retries) == 1 else 'ies'} with lower learning "
+                   "rates (train.max_retries)") if self.retries else ""
+        if failure.unchecked:
+            self.flush_steps(failure.epoch, start, i)
+            self.archive.commit()
+            raise NonFiniteError(
+                f"{exc}{retried}, and the state before it was not kept. The archive {self.out} holds the steps so "
+                "far; the last checkpoint (if any) is from an earlier epoch. Turn check_numerics on to stop at the "
+                "first NaN/Inf with its layer named.", step=exc.step, layer=exc.layer, quantity=exc.quantity)
+        self.flush_steps(epoch, start, i)
+        self.archive.commit()
+        path = self.save_checkpoint(epoch - 1, i, "failure")
+        step = self.sched.step_count
+        what = str(exc).rstrip(".")
+        layer = getattr(exc, "layer", None)
+        if layer and repr(layer) not in what:
+            what = f"{what} (layer {layer!r}, {getattr(exc, 'quantity', None) or 'value'})"
+        held = f"steps 0..{step - 1}" if step else "no steps"
+        msg = (f"{what}. The run stopped at step {step} (epoch {epoch}, batch {i}){retried}: the archive {self.out} "
+               f"holds {held} (complete = false) and {path} holds the state before step {step}.")
+        if isinstance(exc, NonFiniteError):
+            raise NonFiniteError(msg, step=exc.step, layer=exc.layer, quantity=exc.quantity) from exc
+        raise SingularLayerError(msg) from exc
+
+    def can_retry(self) -> bool:
+        return self.cfg.train.on_nonfinite == "retry" and len(self.retries) < self.cfg.train.max_retries
+
+    def retry(self, failure: _StepFailure) -> tuple[int, int]:
+        """Go back to the newest intact checkpoint, scale every learning rate by ``train.retry_lr_factor`` once
+        more, cut the archive back; returns the position ``(epochs_done, batches_done)`` to continue from."""
+        exc = failure.error
+        checkpoint = ckpt_io.load(self.out)
+        if checkpoint is None:  # cannot happen: a retrying run writes a checkpoint before its first step
+            raise exc
+        step = getattr(exc, "step", None)
+        step = self.sched.step_count if step is None else step
+        retries = [*self.retries, {"step": int(step), "from_step": checkpoint.step,
+                                   "lr_factor": self.cfg.train.retry_lr_factor, "error": str(exc)[:300]}]
+        self.restore(checkpoint)
+        self.retries = retries
+        scale = self.cfg.train.retry_lr_factor ** len(retries)
+        for group, rule in zip(self.sched.optimizer.param_groups, self.net.rules):
+            group["lr"] = rule.settings.lr * scale
+        self.archive.set_digests(checkpoint.digests)
+        self.archive.truncate(checkpoint.lengths)
+        self.archive.commit(retries=json.dumps(retries))
+        log.warning(f"{exc}. Retry {len(retries)}/{self.cfg.train.max_retries}: back to step {checkpoint.step} "
+                    f"({checkpoint.path}) with the learning rates scaled by {scale:g}")
+        return checkpoint.epochs_done, checkpoint.batches_done
+
 
 def run(cfg: RunConfig | dict | str | Path, out: str | Path, *, resume: bool = False, overwrite: bool = False,
         device: str | None = None, progress: bool = True, log_file: str | Path | None = None) -> Path:
@@ -299,8 +411,9 @@ def run(cfg: RunConfig | dict | str | Path, out: str | Path, *, resume: bool = F
     Args:
         cfg: a :class:`RunConfig`, or what :func:`sim.config.load_config` takes (YAML path or dict).
         out: the zarr store (a folder). An existing store is refused unless ``resume`` or ``overwrite``.
-        resume: continue from the store's last checkpoint (the archive is cut back to it, so the result equals an
-            uninterrupted run's); a complete store is left as it is; a store without a checkpoint starts over.
+        resume: continue from the store's newest intact checkpoint whose archive rows are intact (the archive is cut
+            back to it, so the result equals an uninterrupted run's); a complete store is checked and left as it is;
+            a store without a checkpoint starts over.
         overwrite: replace an existing run store (only a gaitsim run store is ever deleted).
         device: override ``train.device`` ('cpu', 'cuda', 'cuda:N').
         progress: show a progress bar and per-epoch lines on stderr; False logs only to the file.
@@ -314,37 +427,43 @@ def run(cfg: RunConfig | dict | str | Path, out: str | Path, *, resume: bool = F
         raise ConfigError("pass either --resume or --overwrite, not both")
     cfg.data.spec()  # e.g. data.path still null: refuse before anything is built
     out = Path(out)
-    checkpoint = None
-    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
-        out.rmdir()  # an empty folder (a crash before the store's first file, or made by a workflow) holds no run
+    if out.is_dir() and not out.is_symlink() and _holds_no_run(out):
+        # an empty folder (made by a workflow, or a kill before the store's first file was renamed into place)
+        for partial in out.rglob("*.partial"):
+            partial.unlink()
+        for folder in sorted(out.rglob("*"), reverse=True):
+            folder.rmdir()
+        out.rmdir()
+    continuing = False
     if out.exists() or out.is_symlink():
         attrs = read_attrs(out)
         if attrs is None or "config" not in attrs:
-            raise ConfigError(f"{out} exists and is not a gaitsim run store; refusing to write into or delete it. "
-                              "Choose another output path, or remove it yourself.")
+            raise ConfigError(f"{out} exists and is not a gaitsim run store (no readable zarr.json with a run "
+                              "config); refusing to write into or delete it. Choose another output path, or remove "
+                              "it yourself.")
         if not (resume or overwrite):
             raise ConfigError(f"run store {out} already exists; pass --resume to continue it or --overwrite to "
                               "replace it")
         if resume:
             _check_same_config(attrs["config"], cfg, out)
             if attrs.get("complete"):
+                _check_complete(out)
                 if progress:
                     print(f"{out} is already complete; nothing to do", file=sys.stderr)
                 return out
-            checkpoint = ckpt_io.load(out)
-            if checkpoint is not None:
-                _check_same_config(checkpoint.config_json, cfg, out)
+            continuing = True
     handlers = _open_log(Path(log_file) if log_file else default_log_path(out), append=resume, to_stderr=progress)
     try:
-        return _run(cfg, out, checkpoint, progress, resume)
+        checkpoint, archive = _resume_point(cfg, out) if continuing else (None, None)
+        return _run(cfg, out, checkpoint, archive, progress, resume)
     except GaitsimError as exc:
-        log.error(f"error: {exc}")
+        log.error(f"error: {exc}", extra={"final": True})
         raise
     except KeyboardInterrupt:
-        log.error("interrupted; continue with --resume from the last checkpoint")
+        log.error("interrupted; continue with --resume from the last checkpoint", extra={"final": True})
         raise
     except Exception:
-        log.exception("unexpected error")
+        log.exception("unexpected error", extra={"final": True})
         raise
     finally:
         for h in handlers:
@@ -352,7 +471,60 @@ def run(cfg: RunConfig | dict | str | Path, out: str | Path, *, resume: bool = F
             h.close()
 
 
-def _run(cfg: RunConfig, out: Path, checkpoint: ckpt_io.Checkpoint | None, progress: bool, resume: bool) -> Path:
+def _holds_no_run(folder: Path) -> bool:
+    """Whether ``folder`` holds nothing but empty folders and zarr's temp files (``*.partial``)."""
+    return all(p.is_dir() and not p.is_symlink() or p.is_file() and p.name.endswith(".partial")
+               for p in folder.rglob("*"))
+
+
+def _check_complete(out: Path) -> None:
+    """Check a complete store's rows against its newest intact checkpoint; raise ArchiveError naming damage."""
+    archive = RunArchive.open(out)
+    for cand in ckpt_io.candidates(out):
+        if cand.checkpoint is not None:
+            damaged = archive.verify(cand.checkpoint.lengths, cand.checkpoint.digests)
+            if damaged:
+                lines = "\n".join(f"  - {d}" for d in damaged)
+                raise ArchiveError(f"{out} is marked complete but its archive is damaged:\n{lines}\nRun it again "
+                                   "with --overwrite (or restore the store from a backup).")
+            return
+
+
+def _resume_point(cfg: RunConfig, out: Path) -> tuple[ckpt_io.Checkpoint | None, RunArchive | None]:
+    """The newest intact checkpoint of ``out`` whose archive rows are intact, and the opened archive.
+
+    Damaged files are logged with their paths and passed over for the previous checkpoint; None if the store has
+    no checkpoint (the run starts over). Raises ArchiveError if it has checkpoints but none can be continued."""
+    archive = None  # opened once there is a checkpoint: a store killed while it was created has no arrays yet
+    problems = []
+    for cand in ckpt_io.candidates(out):
+        if cand.checkpoint is None:
+            log.warning(cand.problem)
+            problems.append(cand.problem)
+            continue
+        checkpoint = cand.checkpoint
+        _check_same_config(checkpoint.config_json, cfg, out)
+        archive = archive or RunArchive.open(out)
+        damaged = archive.verify(checkpoint.lengths, checkpoint.digests)
+        if damaged:
+            msg = (f"the archive rows kept by checkpoint {cand.path} (step {checkpoint.step}) are damaged: "
+                   + "; ".join(damaged))
+            log.warning(msg)
+            problems.append(msg)
+            continue
+        if problems:
+            log.warning(f"resuming from {cand.path} instead (step {checkpoint.step}); the steps after it are "
+                        "computed again")
+        if not cand.verified:
+            log.warning(f"checkpoint {cand.path} has no checksum in {ckpt_io.manifest_path(out)}; loaded unverified")
+        return checkpoint, archive
+    if problems:
+        raise ArchiveError(ckpt_io.no_intact_checkpoint(out, problems))
+    return None, None
+
+
+def _run(cfg: RunConfig, out: Path, checkpoint: ckpt_io.Checkpoint | None, archive: RunArchive | None,
+         progress: bool, resume: bool) -> Path:
     # Everything that can be refused is refused before the store is touched.
     net = build_network(cfg)
     sched = build_scheduler(cfg, net)
@@ -365,8 +537,7 @@ def _run(cfg: RunConfig, out: Path, checkpoint: ckpt_io.Checkpoint | None, progr
     if checkpoint is None:
         if out.exists() or out.is_symlink():
             log.info(f"{out}: no checkpoint to resume from; starting over" if resume else f"replacing {out}")
-            with io_errors(out, "remove the old run store"):
-                shutil.rmtree(out) if out.is_dir() and not out.is_symlink() else out.unlink()
+            remove_store(out)
         attrs = {
             "name": cfg.name, "config": cfg.to_json(), "gaitsim_version": sim.__version__,
             "git_commit": git_commit(), "torch_version": torch.__version__, "numpy_version": np.__version__,
@@ -383,18 +554,17 @@ def _run(cfg: RunConfig, out: Path, checkpoint: ckpt_io.Checkpoint | None, progr
         if 0 in cfg.record.probe_epochs:
             state.record_probe(0)
             archive.commit()
+        if cfg.train.on_nonfinite == "retry":
+            state.save_checkpoint(0, 0, "start")  # somewhere to go back to from a failure in the first epoch
         epochs_done, batches_done = 0, 0
     else:
-        net.load_state_dict(checkpoint.network)
-        sched.load_state_dict(checkpoint.scheduler)
-        torch.set_rng_state(checkpoint.torch_rng)
-        ckpt_io.set_numpy_rng_state(checkpoint.numpy_rng)
-        archive = RunArchive.open(out)
         if archive.layers != [layer.name for layer in layers]:
             raise ArchiveError(f"{out} holds layers {archive.layers}, the network has {[x.name for x in layers]}")
+        state = _Run(cfg, out, net, sched, train, test, probe, archive)
+        state.restore(checkpoint)
+        archive.set_digests(checkpoint.digests)
         archive.truncate(checkpoint.lengths)
         archive.commit(device=str(net.device))
-        state = _Run(cfg, out, net, sched, train, test, probe, archive)
         epochs_done, batches_done = checkpoint.epochs_done, checkpoint.batches_done
         log.info(f"resuming {out} at step {checkpoint.step} (epoch {epochs_done + 1}, batch {batches_done}) on "
                  f"{net.device}")
@@ -405,10 +575,20 @@ def _run(cfg: RunConfig, out: Path, checkpoint: ckpt_io.Checkpoint | None, progr
         bar = tqdm(total=cfg.train.epochs * n, initial=epochs_done * n + batches_done, unit="step",
                    file=sys.stderr, dynamic_ncols=True, leave=True)
     try:
-        for epoch in range(epochs_done + 1, cfg.train.epochs + 1):
-            if bar is not None:
-                bar.set_description(f"{cfg.name} epoch {epoch}/{cfg.train.epochs}")
-            state.epoch(epoch, batches_done if epoch == epochs_done + 1 else 0, bar)
+        while True:
+            try:
+                for epoch in range(epochs_done + 1, cfg.train.epochs + 1):
+                    if bar is not None:
+                        bar.set_description(f"{cfg.name} epoch {epoch}/{cfg.train.epochs}")
+                    state.epoch(epoch, batches_done if epoch == epochs_done + 1 else 0, bar)
+                break
+            except _StepFailure as failure:
+                if not state.can_retry():
+                    state.stop(failure)
+                epochs_done, batches_done = state.retry(failure)
+                if bar is not None:
+                    bar.n = epochs_done * n + batches_done
+                    bar.refresh()
     finally:
         if bar is not None:
             bar.close()

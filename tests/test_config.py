@@ -250,3 +250,62 @@ def test_round_trip_property(tiny_config, rules, lr, epochs, seed, std, probe):
                       noise={"message_std": std}, record={"probe_epochs": [p for p in probe if p <= epochs]})
     cfg = load_config(doc)
     assert load_config(cfg.to_dict()) == cfg
+
+
+# ----- what the schema cannot say (docs/reliability.md) -------------------------------------------------------------
+def test_counts_written_as_floats_are_counts(tiny_config):
+    cfg = load_config(tiny_config(train={"epochs": 3.0, "batch_size": 16.0}, record={"probe_epochs": [0.0, 3.0]}))
+    assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int) and cfg.record.probe_epochs == (0, 3)
+    assert load_config(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("change, pattern", [
+    (lambda d: d["settings"]["gp"].update(lr=float("inf")), r"settings\.gp\.lr: inf is not a finite number"),
+    (lambda d: d["settings"]["gp"].update(ortho_lambda=float("nan")), r"settings\.gp\.ortho_lambda: nan is not a"),
+    (lambda d: d.update(noise={"message_std": [0.0, float("nan"), 0.0, 0.0]}), r"noise\.message_std\[1\]: nan"),
+    (lambda d: d["train"].update(seed=2**64), r"train\.seed: \d+ is greater than the maximum"),
+    (lambda d: d["train"].update(epochs=10**12), r"train\.epochs: \d+ is greater than the maximum"),
+    (lambda d: d["train"].update(on_nonfinite="ignore"), r"train\.on_nonfinite: 'ignore' is not one of"),
+    (lambda d: d["train"].update(retry_lr_factor=1.0), r"train\.retry_lr_factor: 1\.0 is greater than or equal"),
+    (lambda d: d.update(name="../up"), r"name: '\.\./up' could be taken for a path"),
+    (lambda d: d.update(network={"input_shape": [1, 8, 8], "classes": 10, "layers": [{"width": 32}, {"width": 64}]}),
+     r"network\.layers\[1\]: layer 'dense2': a square .* the widths do not chain"),
+    (lambda d: d.update(network={"input_shape": [1, 8, 8], "classes": 10,
+                                 "layers": [{"kind": "conv", "width": 4, "kernel": 3, "stride": 1},
+                                            {"kind": "conv", "width": 4, "kernel": 2, "stride": 3}]}),
+     r"network\.layers\[1\]: layer 'conv2': stride 3 exceeds kernel 2"),
+    (lambda d: d["train"].update(epochs={"a": [1, {"b": None}]}), r"train\.epochs: \{.*\} is not of type 'integer'"),
+    (lambda d: d["data"].update(path=__import__("datetime").date(2024, 1, 1)), r"data\.path: datetime\.date"),
+    (lambda d: d["train"].update({1: 2}), r"train: key 1 is not a string"),
+])
+def test_more_bad_configs_name_the_key(tiny_config, change, pattern):
+    doc = tiny_config()
+    change(doc)
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(doc)
+
+
+def test_a_config_that_refers_to_itself_or_is_huge_is_refused(tmp_path, tiny_config):
+    doc = tiny_config()
+    doc["network"]["loop"] = doc["network"]
+    with pytest.raises(ConfigError, match=r"network\.loop: refers to itself"):
+        load_config(doc)
+    path = tmp_path / "laughs.yaml"  # "billion laughs": 9 levels of 10 aliases, 10^9 values if expanded
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"more than 100000 values"):
+        load_config(path)
+
+
+def test_layers_that_do_not_fit_are_refused_without_building_anything(tiny_config, monkeypatch):
+    """The check builds the network on the meta device: no memory, and a CUDA config validates without a GPU."""
+    import sim.layers.dense
+
+    def no_real_tensors(*args, **kwargs):
+        raise AssertionError("a real weight was initialised during validation")
+
+    monkeypatch.setattr(sim.layers.dense.nn.init, "orthogonal_", lambda t, **kw: t if t.is_meta else
+                        no_real_tensors())
+    cfg = load_config(tiny_config(network={"preset": "cifar10_deep"}, train={"device": "cuda"}))
+    assert cfg.train.device == "cuda"

@@ -1,7 +1,8 @@
 """``python -m sim run CONFIG --out STORE``: train one run and write its zarr archive (docs/runs.md).
 
 The command line of :func:`sim.train.run`, which the Snakemake training job calls with the same arguments. Science
-settings come from the config; runtime settings (device, output, log, resume) from the command line.
+settings come from the config; runtime settings (device, output, log, resume) from the command line. For fault
+injection in tests, ``GAITSIM_FAULT`` (docs/reliability.md) makes a run crash or fail a write at a named moment.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="zarr store to write, a folder such as results/digits_deep_gp.zarr")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true",
-                      help="continue STORE from its last checkpoint (a complete store is left as it is)")
+                      help="continue STORE from its newest intact checkpoint (damaged files are named and passed "
+                      "over); a complete store is checked and left as it is")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing run store")
     p.add_argument("--device", metavar="DEVICE", help="cpu, cuda or cuda:N (overrides train.device)")
     p.add_argument("--log", metavar="FILE", help="log file (default: STORE.log beside the store)")
