@@ -12,14 +12,17 @@ change between rounds does not move.
 FLOPs are counted analytically from the layer shapes (matmul/conv-class work only; elementwise ops, Adam included, are
 not counted), per step with batch ``B``:
 
-* forward ``2 B K`` for a layer of ``K`` multiply-adds per sample (``W.numel()`` per output position);
+* forward ``2 B K`` for a layer of ``K`` multiply-adds per sample (``W.numel()`` per output position); a GP layer
+  that skips its aux units (``Scheduler(skip_aux=True)``, the default) computes only its ``width`` forwarded rows of
+  ``W``, and ``K`` counts those;
 * messages: the same ``2 B K`` for every layer but the first (BP's transpose, FA's feedback; GP's solve with the LU
-  factors ``2 B n^2`` or its product with an explicit inverse, which is the same count for a dense layer);
+  factors ``2 B n^2`` or its product with an explicit inverse or its first ``k`` columns, the same count);
 * GP's factorisation per square layer and step: LU ``2/3 n^3``, or explicit inverse ``2 n^3`` (``inverse='inv'``);
-  a conv layer also forms ``M^{-1}`` from the LU factors (``2 n^3``);
+  with LU, forming the ``k`` columns of ``M^{-1}`` a message passes through (all ``n`` for a conv layer that computes
+  its aux channels, ``width`` when it skips them) ``2 n^2 k``;
 * weight gradients ``2 B K``;
-* the orthogonality regulariser ``4 n^3`` per square layer (``W W^T`` and ``(W W^T - I) W``), divided by
-  ``ortho_every``.
+* the orthogonality regulariser per square layer, ``W W^T`` (symmetric: ``1.25 n^3`` from ``n = 512`` on,
+  :func:`sim.regularizer.gram`; ``2 n^3`` below) and ``(W W^T - I) W`` (``2 n^3``), divided by ``ortho_every``.
 
 The matmul/conv part is checked against ``torch.utils.flop_counter.FlopCounterMode`` in the tests (it does not count
 LU factorisations or triangular solves). "Achieved GFLOP/s" is that count over the median step time, to be read
@@ -32,8 +35,9 @@ writable, the growth of ``getrusage``'s max RSS (a lower bound). ``state_mb`` is
 buffers and Adam state. ``tracemalloc`` does not see torch's allocations.
 
 Reference-cost mode: float64 everywhere; the inverting rules (gp, vgp) in the target form with an explicit inverse of
-every square layer every step (``RuleSettings(inverse='inv', arithmetic='target')``), the costs of the authors'
-implementation; the same scheduler options as the fast mode otherwise. The command-line twin is ``python -m sim
+every square layer every step (``RuleSettings(inverse='inv', arithmetic='target')``) and ``W W^T`` as one full matmul
+(:func:`sim.regularizer.textbook_products`), the costs of the authors' implementation; the same scheduler options as
+the fast mode otherwise (the target form computes every aux unit: it reads them). The command-line twin is ``python -m sim
 bench`` (:mod:`sim.commands.bench`); the numbers and how to read them are in docs/performance.md.
 """
 
@@ -47,11 +51,13 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
+from sim import regularizer
 from sim.errors import ConfigError
 from sim.network import Network
 from sim.presets import PRESETS, preset
@@ -94,6 +100,9 @@ class BenchOptions:
     """Scheduler option: fused Adam kernel."""
     ortho_every: int = 1
     """Scheduler option: regulariser every k-th step (1 is the reference)."""
+    skip_aux: bool = True
+    """Scheduler option: run difference-form GP layers on their forwarded units only (exact; False computes the
+    aux units too, to measure what skipping saves)."""
     tf32: tuple[bool, ...] | None = None
     """CUDA float32 only: time with TF32 matmuls not allowed and/or allowed; None: both on CUDA, n/a on CPU."""
     seed: int = 0
@@ -144,7 +153,7 @@ def build_case(opts: BenchOptions, case: Case) -> tuple[Scheduler, Tensor, Tenso
                     seed=opts.seed, **opts.preset_kwargs)
     net = Network(config)
     sched = Scheduler(net, seed=opts.seed, check_numerics=opts.check_numerics, fused_adam=opts.fused_adam,
-                      ortho_every=opts.ortho_every)
+                      ortho_every=opts.ortho_every, skip_aux=opts.skip_aux)
     g = torch.Generator().manual_seed(opts.seed)
     x = torch.rand((opts.batch, *config.input_shape), generator=g, dtype=torch.float64)
     y = torch.randint(0, net.classes, (opts.batch,), generator=g)
@@ -152,28 +161,32 @@ def build_case(opts: BenchOptions, case: Case) -> tuple[Scheduler, Tensor, Tenso
 
 
 # ----- FLOPs --------------------------------------------------------------------------------------------------------
-def step_flops(net: Network, batch: int, ortho_every: int = 1) -> dict[str, float]:
+def step_flops(net: Network, batch: int, ortho_every: int = 1, narrow: list[bool] | None = None
+               ) -> dict[str, float]:
     """FLOPs of one training step by part: ``forward``, ``messages``, ``weight_grads``, ``factorization``,
-    ``regularizer`` and ``total`` (see the module docstring for the formulas)."""
+    ``regularizer`` and ``total`` (see the module docstring for the formulas). ``narrow[l]``: layer l runs on its
+    forwarded units only (:attr:`Scheduler.narrow <sim.schedule.Scheduler>`)."""
     parts = dict.fromkeys(("forward", "messages", "weight_grads", "factorization", "regularizer"), 0.0)
-    for i, (layer, rule) in enumerate(zip(net.layers, net.rules)):
+    narrow = narrow or [False] * len(net.layers)
+    for i, (layer, rule, skip) in enumerate(zip(net.layers, net.rules, narrow)):
         positions = math.prod(layer.out_shape[1:])  # 1 for dense, H' W' for conv
-        macs = layer.weight.numel() * positions * batch
+        rows = layer.width if skip else layer.out_shape[0]  # output units (channels) computed
+        macs = rows * layer.weight[0].numel() * positions * batch
         parts["forward"] += 2 * macs
         parts["weight_grads"] += 2 * macs
+        conv = layer.weight.dim() > 2
         if i > 0:
-            parts["messages"] += 2 * macs
-        if layer.square:
-            n = layer.square_matrix().shape[0]
-            if i > 0 and rule.inverts:
-                if rule.settings.inverse == "inv":
-                    parts["factorization"] += 2 * n**3
-                else:
-                    parts["factorization"] += 2 / 3 * n**3
-                    if layer.weight.dim() > 2:  # a conv layer needs M^{-1} itself: n triangular-solve pairs
-                        parts["factorization"] += 2 * n**3
-            if rule.settings.ortho_lambda > 0:
-                parts["regularizer"] += 4 * n**3 / ortho_every
+            n = layer.square_matrix().shape[0] if layer.square else 0
+            # a dense layer's narrow message goes through the first columns of W^{-1} only when they are fewer than
+            # the batch (sim.layers.dense.Dense.inverse); otherwise the zero-padded batch is solved
+            padded_solve = rule.inverts and not conv and rows >= batch
+            parts["messages"] += 2 * batch * n * n if padded_solve else 2 * macs
+            if rule.inverts:
+                parts["factorization"] += 2 * n**3 if rule.settings.inverse == "inv" else 2 / 3 * n**3
+                if rule.settings.inverse != "inv" and (conv or not padded_solve):
+                    parts["factorization"] += 2 * n**2 * rows  # columns of M^{-1} from the LU factors
+        if layer.square and rule.settings.ortho_lambda > 0:
+            parts["regularizer"] += regularizer.gradient_flops(layer.square_matrix().shape[0]) / ortho_every
     parts["total"] = sum(parts.values())
     return parts
 
@@ -338,6 +351,11 @@ def run(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> li
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32_before
 
 
+def _costs(case: Case) -> AbstractContextManager:
+    """The reference mode computes ``W W^T`` as the authors did, with one full matmul."""
+    return regularizer.textbook_products() if case.mode == "reference" else nullcontext()
+
+
 def _run(opts: BenchOptions, device: torch.device, progress: Callable[[str], None] | None) -> list[dict]:
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
     cases = make_cases(opts)
@@ -353,13 +371,15 @@ def _run(opts: BenchOptions, device: torch.device, progress: Callable[[str], Non
     for case in cases:
         sched, x, y = built[case]
         _set_tf32(case.tf32)
-        for _ in range(opts.warmup):
-            sched.train_step(x, y)
+        with _costs(case):
+            for _ in range(opts.warmup):
+                sched.train_step(x, y)
     for r in range(opts.repeats):
         for case in cases:
             sched, x, y = built[case]
             _set_tf32(case.tf32)
-            times[case].append(time_steps(sched, x, y, opts.steps))
+            with _costs(case):
+                times[case].append(time_steps(sched, x, y, opts.steps))
             key = (case.dtype, case.tf32, n_mm[case])
             if len(mm_times.setdefault(key, [])) <= r:
                 mm_times[key].append(matmul_seconds(opts.batch, n_mm[case], sched.net.dtype, device))
@@ -371,8 +391,9 @@ def _run(opts: BenchOptions, device: torch.device, progress: Callable[[str], Non
     for case in cases:
         sched, x, y = built[case]
         _set_tf32(case.tf32)
-        mem = step_memory_mb(sched, x, y)
-        flops = step_flops(sched.net, opts.batch, opts.ortho_every)
+        with _costs(case):
+            mem = step_memory_mb(sched, x, y)
+            flops = step_flops(sched.net, opts.batch, opts.ortho_every, sched.narrow)
         t = statistics.median(times[case])
         q1, q3 = _quartiles(times[case])
         n = n_mm[case]
@@ -394,7 +415,7 @@ def _run(opts: BenchOptions, device: torch.device, progress: Callable[[str], Non
             "peak_mem_mb": mem, "state_mb": state_mb(sched),
             "samples_per_s": samples, "epoch_samples": epoch, "epoch_s": None if epoch is None else epoch / samples,
             "check_numerics": opts.check_numerics, "fused_adam": opts.fused_adam, "ortho_every": opts.ortho_every,
-            "compile": opts.compile,
+            "skip_aux": opts.skip_aux, "narrow_layers": sum(sched.narrow), "compile": opts.compile,
             "device": str(device), "device_name": _device_name(device), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "load_start": load_start,
             "thp": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
@@ -460,7 +481,7 @@ def format_table(rows: list[dict]) -> str:
     lines.append(f"net {r0['net']}, batch {r0['batch']}, {r0['repeats']} repeats x {r0['steps_per_repeat']} steps, "
                  f"device {r0['device_name']}, {r0['threads']} threads, torch {r0['torch']}, "
                  f"check_numerics {r0['check_numerics']}, fused_adam {r0['fused_adam']}, ortho_every "
-                 f"{r0['ortho_every']}, compile {r0['compile']}, THP {'on' if r0['thp'] else 'off'}, "
+                 f"{r0['ortho_every']}, skip_aux {r0['skip_aux']}, compile {r0['compile']}, THP {'on' if r0['thp'] else 'off'}, "
                  f"load {r0['load_start']:.2f} -> {r0['load_end']:.2f}")
     mm = sorted({(r["dtype"], r["tf32"], r["matmul_n"], r["matmul_gflops"], r["square_matmul_gflops"]) for r in rows},
                 key=str)

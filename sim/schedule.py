@@ -58,14 +58,17 @@ class ForwardPass:
 
     Attributes:
         inputs: ``inputs[l]`` is what layer l read, ``[B, *in_shape_l]``.
-        outputs: ``outputs[l]`` is layer l's full output, ``[B, *out_shape_l]``, aux units (and noise) included.
-        noise: the activity noise added to layer l's pre-activation (None where none), so a BP reference can
-            replay it.
+        outputs: ``outputs[l]`` is layer l's full output, ``[B, *out_shape_l]``, aux units (and noise) included;
+            where ``narrow[l]`` only its forwarded units, ``[B, width_l, ...]`` (aux units skipped).
+        noise: the activity noise added to layer l's pre-activation (None where none), full shape, so a BP
+            reference can replay it.
+        narrow: ``narrow[l]``: layer l ran on its forwarded units only (see :class:`Scheduler`, ``skip_aux``).
     """
 
     inputs: list[Tensor]
     outputs: list[Tensor]
     noise: list[Tensor | None]
+    narrow: list[bool] | None = None
 
 
 @dataclass
@@ -76,7 +79,8 @@ class StepResult:
         loss: batch-summed cross-entropy (scalar).
         logits: ``[B, classes]``.
         forward: the activation cache.
-        messages: ``messages[l]`` is the message layer l received (noise included).
+        messages: ``messages[l]`` is the message layer l received (noise included); shaped like ``forward.outputs[l]``
+            (forwarded units only where the layer skipped its aux units, whose ``d`` is zero).
         updates: ``updates[l]`` is layer l's raw update ``{'weight': ..., 'bias': ...}``, before regulariser and Adam.
     """
 
@@ -111,28 +115,33 @@ def _check_finite(layer, tensor: Tensor, quantity: str, step: int | None, check:
         layer.check_finite(tensor, quantity, step)
 
 
-def forward_phase(net: Network, x: Tensor, activity_noise: list[Tensor | None] | None = None) -> ForwardPass:
-    """Run every layer bottom-up, adding the given activity noise to each pre-activation (tensor or None)."""
+def forward_phase(net: Network, x: Tensor, activity_noise: list[Tensor | None] | None = None,
+                  narrow: list[bool] | None = None) -> ForwardPass:
+    """Run every layer bottom-up, adding the given activity noise to each pre-activation (tensor or None).
+
+    ``narrow[l]``: compute only layer l's forwarded units (its aux units are skipped; default: none skipped).
+    """
     inputs, outputs = [], []
     noise = activity_noise or [None] * len(net.layers)
+    narrow = list(narrow) if narrow is not None else [False] * len(net.layers)
     h = x
-    for layer, n in zip(net.layers, noise):
+    for layer, n, skip in zip(net.layers, noise, narrow):
         layer.check_input(h)
-        a = layer(h, n)
+        a = layer(h, n, layer.width if skip else None)
         inputs.append(h)
         outputs.append(a)
         h = layer.read(a)
-    return ForwardPass(inputs, outputs, list(noise))
+    return ForwardPass(inputs, outputs, list(noise), narrow)
 
 
-def output_error(net: Network, a_out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """``e = 1/2 (softmax(logits) - onehot(y))`` on the logit units, 0 on aux units ``[B, n_out]``, and the
-    batch-summed cross-entropy."""
+def output_error(net: Network, a_out: Tensor, y: Tensor, narrow: bool = False) -> tuple[Tensor, Tensor]:
+    """``e = 1/2 (softmax(logits) - onehot(y))`` on the logit units, 0 on aux units ``[B, n_out]`` (``narrow``: the
+    logit units only, ``[B, classes]``), and the batch-summed cross-entropy."""
     out = net.layers[-1]
     logits = out.read(a_out)
     loss = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
     e = 0.5 * (torch.softmax(logits, dim=1) - torch.nn.functional.one_hot(y, net.classes).to(logits.dtype))
-    return out.embed(e), loss
+    return (e if narrow else out.embed(e)), loss
 
 
 def message_phase(net: Network, fp: ForwardPass, y: Tensor, message_std: tuple[float, ...] | None = None,
@@ -141,9 +150,12 @@ def message_phase(net: Network, fp: ForwardPass, y: Tensor, message_std: tuple[f
     """Top-down: the output error, then each layer's rule makes the message for the layer below.
 
     Returns ``(messages, loss)`` with ``messages[l]`` the message layer l received. ``check``: see :data:`Check`.
+    A layer that ran narrow (``fp.narrow``) receives its message about the forwarded units only: the zeros the aux
+    units would get are not materialised.
     """
     layers, rules = net.layers, net.rules
-    e, loss = output_error(net, fp.outputs[-1], y)
+    narrow = fp.narrow or [False] * len(layers)
+    e, loss = output_error(net, fp.outputs[-1], y, narrow[-1])
     if isinstance(check, list):
         check.append(~torch.isfinite(loss))
     elif check and not bool(torch.isfinite(loss)):
@@ -160,7 +172,7 @@ def message_phase(net: Network, fp: ForwardPass, y: Tensor, message_std: tuple[f
         down = rules[i].message_down(layers[i], fp.inputs[i], fp.outputs[i], msg)
         _check_finite(layers[i - 1], down.d, "target difference (message from above)", step, check)
         _check_finite(layers[i - 1], down.m, "message multiplier", step, check)
-        msg = Message(layers[i - 1].embed(down.d), down.m)
+        msg = Message(down.d if narrow[i - 1] else layers[i - 1].embed(down.d), down.m)
     return messages, loss
 
 
@@ -195,10 +207,18 @@ class Scheduler:
             its weight, saving most of its cost (four ``n^3`` matmuls per square layer and step). This trades
             fidelity for speed (the weights drift further from orthogonal between applications, and Adam rescales
             the sparse, k-fold kicks): 1, the default, is the reference. Measured in docs/performance.md.
+        skip_aux: run a square layer on its forwarded units only wherever that changes nothing but float rounding:
+            its rule says so (GP/vGP in difference form, :meth:`~sim.rules.base.Rule.skips_aux`) and it gets no
+            message noise (which would make its aux units' ``d`` non-zero). Its aux units receive ``d = 0``, so
+            their activities are never read, their nudge, ``delta`` and update rows are zero, and only the first
+            ``width`` columns of ``W^{-1}`` carry anything down. This removes most of a square conv layer's cost
+            (``D = C k^2`` channels against ``filters``). ``False`` computes every aux unit, for inspecting them in
+            :attr:`StepResult.forward`; the updates are the same. :attr:`narrow` lists which layers skip.
     """
 
     def __init__(self, net: Network, noise: NoiseFloor | None = None, seed: int = 0,
-                 check_numerics: bool | str = True, fused_adam: bool = True, ortho_every: int = 1) -> None:
+                 check_numerics: bool | str = True, fused_adam: bool = True, ortho_every: int = 1,
+                 skip_aux: bool = True) -> None:
         self.net = net
         self.noise = noise or NoiseFloor()
         depth = len(net.layers)
@@ -213,6 +233,9 @@ class Scheduler:
         if isinstance(ortho_every, bool) or not isinstance(ortho_every, int) or ortho_every < 1:
             raise ConfigError(f"ortho_every must be a positive integer (1: every step), got {ortho_every!r}")
         self.ortho_every = ortho_every
+        #: ``narrow[l]``: layer l runs on its forwarded units only (see ``skip_aux``)
+        self.narrow = [bool(skip_aux) and layer.square and layer.width < layer.out_shape[0] and rule.skips_aux()
+                       and std == 0 for layer, rule, std in zip(net.layers, net.rules, self.message_std)]
         self.generator = torch.Generator(device=net.device).manual_seed(seed_streams(seed, 3)[2])
         groups = []
         for layer, rule in zip(net.layers, net.rules):
@@ -285,7 +308,7 @@ class Scheduler:
         # factorize()'s conditioning check: synchronous (True), collected with the step's flags (list), or skipped
         checks = nullcontext() if check is True else deferred_checks(check if isinstance(check, list) else None)
         with checks:
-            fp = forward_phase(self.net, x, self.draw_activity_noise(x))
+            fp = forward_phase(self.net, x, self.draw_activity_noise(x), self.narrow)
             messages, loss = message_phase(self.net, fp, y, self.message_std, self.generator, check,
                                            self.step_count)
             updates = plasticity_phase(self.net, fp, messages, check, self.step_count)

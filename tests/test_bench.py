@@ -69,21 +69,22 @@ def test_bench_table_output_and_bad_options(capsys):
 
 @pytest.mark.parametrize(("name", "kwargs"), [("digits_deep", {}), ("cifar10_conv", {"width_mult": 0.25})])
 @pytest.mark.parametrize("rule", ["bp", "fa", "gp"])
-def test_analytic_flops_match_torch_flop_counter(name, kwargs, rule):
+@pytest.mark.parametrize(("skip_aux", "size"), [(True, 4), (True, 32), (False, 32)])
+def test_analytic_flops_match_torch_flop_counter(name, kwargs, rule, skip_aux, size):
     net = Network(preset(name, rule, **kwargs))
-    x, y = batch(net, 4)
-    sched = Scheduler(net)
+    x, y = batch(net, size)
+    sched = Scheduler(net, skip_aux=skip_aux)
+    assert any(sched.narrow) == (skip_aux and rule == "gp")
     with FlopCounterMode(display=False) as counter:
         sched.train_step(x, y)
-    parts = step_flops(net, 4)
+    parts = step_flops(net, x.shape[0], narrow=sched.narrow)
     # the counter sees matmuls and convolutions, not LU factorisations or triangular solves: GP's dense messages
-    # (solves) are not in its count, its conv messages (transposed convolutions with M^{-1}) are
-    counted = parts["forward"] + parts["weight_grads"] + parts["regularizer"]
-    if rule != "gp":
-        counted += parts["messages"]
-    else:
-        counted += sum(2 * 4 * layer.weight.numel() * math.prod(layer.out_shape[1:])
-                       for layer in net.layers[1:] if layer.weight.dim() > 2)
+    # solved for the (padded) batch are not in its count; its conv messages (transposed convolutions with columns of
+    # M^{-1}) and dense messages through columns of W^{-1} (matmuls) are
+    counted = parts["forward"] + parts["weight_grads"] + parts["regularizer"] + parts["messages"]
+    if rule == "gp":
+        counted -= sum(2 * x.shape[0] * layer.out_shape[0] ** 2 for layer, skip in zip(net.layers[1:], sched.narrow[1:])
+                       if layer.weight.dim() == 2 and not (skip and layer.width < x.shape[0]))
     assert counter.get_total_flops() == pytest.approx(counted, rel=1e-9)
 
 

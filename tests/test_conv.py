@@ -239,12 +239,19 @@ def test_every_pair_of_rules_mixes_across_conv_and_dense_boundaries(lower, upper
         net = Network(conv_stack((3, 12, 12), TINY_CONVS, 10, rules=rules, settings={}, dtype="float64",
                                  device="cpu", seed=1))
         x, y = batch(net, seed=2)
-        result = Scheduler(net).train_step(x, y)
+        full = Scheduler(net, skip_aux=False).compute(x, y)
+        sched = Scheduler(net)
+        result = sched.train_step(x, y)
         assert math.isfinite(result.loss.item())
-        for layer, msg, upd in zip(net.layers, result.messages, result.updates, strict=True):
-            assert msg.d.shape[1:] == layer.out_shape
+        for i, (layer, msg, upd) in enumerate(zip(net.layers, result.messages, result.updates, strict=True)):
+            # a layer that skips its aux units receives (and computes) its forwarded units only
+            width = layer.width if sched.narrow[i] else layer.out_shape[0]
+            assert msg.d.shape[1:] == (width, *layer.out_shape[1:])
+            assert full.messages[i].d.shape[1:] == layer.out_shape
             assert upd["weight"].shape == layer.weight.shape
             assert bool(torch.isfinite(upd["weight"]).all())
+            torch.testing.assert_close(upd["weight"], full.updates[i]["weight"], rtol=1e-9, atol=1e-12)
+            torch.testing.assert_close(upd["bias"], full.updates[i]["bias"], rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("arithmetic", ["difference", "target"])

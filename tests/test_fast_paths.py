@@ -4,6 +4,8 @@
   angles to BP within 0.05 degrees per layer and the same updates, on every preset, dense and conv;
 * the three numerics-check modes give bit-identical steps, the deferred ones raise the same errors, and the
   non-checking and per-step modes read nothing back from the device but the one flag;
+* skipping the aux units of difference-form GP layers (``Scheduler(skip_aux=True)``, the default) changes nothing
+  but rounding, and is not done where the aux units are read (target form, message noise);
 * the in-place regulariser equals the textbook formula bit for bit; ``ortho_every`` and fused Adam do what they say.
 """
 
@@ -14,8 +16,9 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from sim import Network, NonFiniteError, Scheduler, ShapeError, SingularLayerError, compare, preset
+from sim import Network, NoiseFloor, NonFiniteError, Scheduler, ShapeError, SingularLayerError, compare, preset
 from sim import regularizer as reg
 from sim.correspondence import angle_deg
 from sim.layers.base import deferred_checks, factorize
@@ -73,6 +76,46 @@ def test_fast_gp_matches_the_exact_inverse_in_float64(name, rule):
             torch.testing.assert_close(lu64.updates[i][k], ref, rtol=1e-8, atol=1e-9 * ref.abs().max().item())
     # the angles are not trivially zero: the perturbation makes GP depart from BP below the output
     assert max(exact.angle_deg[:-1]) > 0.1
+
+
+@pytest.mark.parametrize("name", list(PRESET_CASES))
+def test_skipping_aux_units_changes_nothing_but_rounding(name):
+    net = _net(name, "gp", "float64")
+    x, y = batch(net, 6)
+    full = Scheduler(net, skip_aux=False).compute(x, y)
+    sched = Scheduler(net)
+    fast = sched.compute(x, y)
+    has_aux = [layer.square and layer.width < layer.out_shape[0] for layer in net.layers]
+    assert sched.narrow == has_aux and any(has_aux)  # every preset's GP output layer at least has aux units
+    for i, layer in enumerate(net.layers):
+        d_full, d = full.messages[i].d, fast.messages[i].d
+        k = d.shape[1]
+        assert k == (layer.width if has_aux[i] else layer.out_shape[0])
+        assert fast.forward.outputs[i].shape == d.shape
+        # what is skipped is exactly zero in the full computation: the aux units' d and their update rows
+        assert not d_full[:, k:].any()
+        assert not full.updates[i]["weight"][k:].any() and not fast.updates[i]["weight"][k:].any()
+        torch.testing.assert_close(fast.forward.outputs[i], full.forward.outputs[i][:, :k], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(d, d_full[:, :k], rtol=1e-9, atol=1e-9 * d_full.abs().max().item())
+        torch.testing.assert_close(fast.messages[i].m, full.messages[i].m, rtol=1e-9, atol=0)
+        for key in ("weight", "bias"):
+            ref = full.updates[i][key]
+            torch.testing.assert_close(fast.updates[i][key], ref, rtol=1e-9, atol=1e-9 * ref.abs().max().item())
+
+
+def test_aux_units_are_computed_where_they_are_read():
+    net = _net("cifar10_conv", "gp", "float32")
+    has_aux = [layer.square and layer.width < layer.out_shape[0] for layer in net.layers]
+    # the target form materialises t = a + d on every unit, aux included
+    target = _net("cifar10_conv", "gp", "float32", arithmetic="target")
+    assert not any(Scheduler(target).narrow)
+    # message noise gives the aux units a non-zero d
+    stds = tuple(0.1 if i == 2 else 0.0 for i in range(len(net.layers)))
+    noisy = Scheduler(net, noise=NoiseFloor(message_std=stds))
+    assert noisy.narrow == [a and i != 2 for i, a in enumerate(has_aux)] and has_aux[2]
+    x, y = batch(net, 4)
+    assert noisy.compute(x, y).messages[2].d.shape[1:] == net.layers[2].out_shape
+    assert not any(Scheduler(net, skip_aux=False).narrow)
 
 
 @pytest.mark.parametrize("mode", ["step", "off", False])
@@ -191,6 +234,28 @@ def test_regulariser_gradient_is_the_formula_bit_for_bit(dtype):
     assert torch.equal(reg.gradient(w, 100.0), textbook)
     upd = torch.randn(200, 200, generator=g, dtype=torch.float64).to(dtype)
     assert torch.equal(reg.gradient(w, 100.0).add_(upd), upd + textbook)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_symmetric_gram_is_the_matmul_up_to_rounding(dtype):
+    n = reg.SYMMETRIC_MIN + 88  # uneven blocks
+    g = torch.Generator().manual_seed(1)
+    w = (torch.randn(n, n, generator=g, dtype=torch.float64) / n**0.5).to(dtype)
+    full = w @ w.transpose(0, 1)
+    tol = {torch.float32: 1e-5, torch.float64: 1e-13}[dtype]
+    torch.testing.assert_close(reg.gram(w), full, rtol=tol, atol=tol)
+    textbook = (4 * 100.0) * ((full - torch.eye(n, dtype=dtype)) @ w)
+    torch.testing.assert_close(reg.gradient(w, 100.0), textbook, rtol=tol, atol=tol * textbook.abs().max().item())
+    # the flop count the benchmark uses is what the matmuls do
+    with FlopCounterMode(display=False) as counter:
+        reg.gradient(w, 100.0)
+    assert counter.get_total_flops() == reg.gradient_flops(n) < 4 * n**3
+    # the benchmark's reference-cost mode: one full matmul, as the authors computed it
+    with reg.textbook_products():
+        assert torch.equal(reg.gram(w), full)
+        with FlopCounterMode(display=False) as counter:
+            reg.gradient(w, 100.0)
+        assert counter.get_total_flops() == reg.gradient_flops(n) == 4 * n**3
 
 
 def test_ortho_every_applies_k_times_the_regulariser_every_k_steps():

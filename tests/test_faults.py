@@ -436,8 +436,8 @@ def from_step(monkeypatch):
 def _nan_activity(monkeypatch, flag):
     original = Layer.forward
 
-    def forward(self, a_in, noise=None):
-        a = original(self, a_in, noise)
+    def forward(self, a_in, noise=None, units=None):
+        a = original(self, a_in, noise, units)
         return a * torch.nan if flag["on"] and self.name == "dense2" else a
 
     monkeypatch.setattr(Layer, "forward", forward)
@@ -468,8 +468,8 @@ def _inf_update(monkeypatch, flag):
 def _nan_loss(monkeypatch, flag):
     original = sim.schedule.output_error
 
-    def output_error(net, a_out, y):
-        e, loss = original(net, a_out, y)
+    def output_error(net, a_out, y, narrow=False):
+        e, loss = original(net, a_out, y, narrow)
         return e, loss * torch.nan if flag["on"] else loss
 
     monkeypatch.setattr(sim.schedule, "output_error", output_error)

@@ -131,11 +131,17 @@ def test_inverse_difference_has_no_cancellation():
     assert naive[0] == 0  # what target form loses
 
 
-def test_regulariser_gradient_equals_autograd():
-    w = torch.randn(64, 64, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("n", [64, 600])  # 600: W W^T from the upper block triangle (regularizer.gram)
+def test_regulariser_gradient_equals_autograd(n):
+    g = torch.Generator().manual_seed(n)
+    w = (torch.eye(n, dtype=torch.float64) + 0.1 * torch.randn(n, n, generator=g, dtype=torch.float64) / n**0.5)
+    w.requires_grad_(True)
     r = regularizer.penalty(w, 3.0)
     (auto,) = torch.autograd.grad(r, w)
     torch.testing.assert_close(regularizer.gradient(w.detach(), 3.0), auto, rtol=1e-12, atol=1e-10)
+    # penalty itself against the textbook formula (autograd of penalty went through gram's block products)
+    textbook = 3.0 * ((w @ w.T - torch.eye(n, dtype=torch.float64)) ** 2).sum()
+    torch.testing.assert_close(r, textbook, rtol=1e-12, atol=1e-12)
 
 
 def test_regulariser_alone_keeps_orthogonal_weights_and_drives_others_toward_it():

@@ -255,8 +255,8 @@ def test_nan_stops_with_step_and_layer_and_keeps_prefix_and_checkpoint(tmp_path,
 
     calls = []
 
-    def forward_phase(net, x, noise=None):  # layer dense2 emits NaN at one step (only the scheduler's calls)
-        fp = original(net, x, noise)
+    def forward_phase(net, x, noise=None, narrow=None):  # dense2 emits NaN at one step (only the scheduler's calls)
+        fp = original(net, x, noise, narrow)
         calls.append(len(calls))
         if len(calls) == bad_step + 1:
             fp.outputs[1] = fp.outputs[1] * torch.nan

@@ -4,13 +4,22 @@ A layer is an independent ``nn.Module`` on one device. It sees only its own inpu
 the message it receives; the scheduler owns the activation cache and passes these in, so a layer holds no hidden
 per-step state. Messages:
 
-* ``forward(a_in, noise=None) -> a = f(z + noise)``: full output, aux units included, ``[B, *out_shape]``
-  (subclasses implement the affine ``preactivation(a_in) -> z``);
+* ``forward(a_in, noise=None, units=None) -> a = f(z + noise)``: full output, aux units included,
+  ``[B, *out_shape]``, or only the first ``units`` units/channels (subclasses implement the affine
+  ``preactivation(a_in, units) -> z``);
 * ``transpose(delta) -> W^T delta``: BP's message about the input;
 * ``feedback(delta, B) -> B^T delta``: FA's message through a fixed feedback weight of W's shape;
 * ``inverse(v, factors) -> W^{-1} v`` and ``inverse_target(y, factors) -> W^{-1}(y - b)``: GP's messages in
   difference and target form (square layers only);
 * ``local_gradients(a_in, delta)``: the layer's own parameter update from ``delta = dLocalLoss/dz``.
+
+**Skipping aux units.** In GP's difference form a square layer's aux units receive ``d = 0`` (their target is their
+own activity), so their nudge, their ``delta`` and their weight rows' update are exactly zero, and only the first
+``width`` columns of ``W^{-1}`` carry anything down. A layer can therefore run forward with ``units=width``, take a
+message ``v`` ``[B, width, ...]`` in :meth:`inverse` (which then applies only those columns of the inverse), and
+return full-shape updates whose aux rows are zeros from :meth:`local_gradients` given a ``delta`` of ``width`` rows.
+The scheduler decides when this is allowed (:class:`~sim.schedule.Scheduler`, ``skip_aux``); the values are those of
+the full computation up to float rounding.
 
 Shapes are per sample: ``in_shape`` is what the layer reads (the forwarded part of the layer below), ``out_shape`` is
 its full output (aux included); ``read(a)`` keeps the forwarded part, ``embed(d)`` is its adjoint (zeros on aux).
@@ -50,10 +59,17 @@ class InverseFactors:
         return torch.linalg.lu_solve(self.lu, self.pivots, rhs)
 
     def matrix(self) -> Tensor:
-        """The explicit inverse ``M^{-1}`` (computed from the LU factors when needed)."""
+        """The explicit inverse ``M^{-1}`` ``[n, n]`` (computed from the LU factors when needed)."""
+        return self.columns(None)
+
+    def columns(self, k: int | None) -> Tensor:
+        """The first ``k`` columns of ``M^{-1}`` ``[n, k]`` (all ``n`` for None): ``2 n^2 k`` flops from the LU
+        factors, the part of the inverse that a message with zeros beyond its first ``k`` entries (a layer's aux
+        units) passes through."""
         if self.inv is not None:
-            return self.inv
-        eye = torch.eye(self.lu.shape[-1], dtype=self.lu.dtype, device=self.lu.device)
+            return self.inv if k is None else self.inv[:, :k]
+        n = self.lu.shape[-1]
+        eye = torch.eye(n, n if k is None else k, dtype=self.lu.dtype, device=self.lu.device)
         return torch.linalg.lu_solve(self.lu, self.pivots, eye)
 
 
@@ -195,20 +211,36 @@ class Layer(nn.Module):
             )
 
     # ----- forward ------------------------------------------------------------------------------------------------
-    def preactivation(self, a_in: Tensor) -> Tensor:
-        """The affine map ``z`` ``[B, *in_shape] -> [B, *out_shape]``."""
+    def preactivation(self, a_in: Tensor, units: int | None = None) -> Tensor:
+        """The affine map ``z`` ``[B, *in_shape] -> [B, *out_shape]`` (only the first ``units`` output units or
+        channels if given)."""
         raise NotImplementedError
 
-    def forward(self, a_in: Tensor, noise: Tensor | None = None) -> Tensor:
-        """``a = f(z + noise)`` ``[B, *in_shape] -> [B, *out_shape]``, aux units included.
+    def forward(self, a_in: Tensor, noise: Tensor | None = None, units: int | None = None) -> Tensor:
+        """``a = f(z + noise)`` ``[B, *in_shape] -> [B, *out_shape]``, aux units included, or ``[B, units, ...]``
+        when ``units`` is given (``noise`` is then still the full ``[B, *out_shape]`` draw, so the noise stream does
+        not depend on what is computed).
 
         Activity noise enters the membrane potential ``z``, so ``f'`` read off ``a`` and ``f^{-1}(a)`` stay those of
         the noisy neuron and BP, FA and GP all see one consistent forward pass.
         """
-        z = self.preactivation(a_in)
+        z = self.preactivation(a_in, units)
         if noise is not None:
-            z = z + noise
+            z = z + (noise if units is None else noise[:, :units])
         return self.activation(z)
+
+    def pad_rows(self, grads: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Embed updates of the first ``k`` output rows (``weight`` ``[k, ...]``, ``bias`` ``[k]``) into the full
+        parameter shapes with zeros for the aux rows (see *Skipping aux units*); full-shape updates pass through."""
+        n = self.out_shape[0]
+        k = grads["bias"].shape[0]
+        if k == n:
+            return grads
+        weight = grads["weight"].new_zeros((n, *grads["weight"].shape[1:]))
+        weight[:k] = grads["weight"]
+        bias = grads["bias"].new_zeros(n)
+        bias[:k] = grads["bias"]
+        return {"weight": weight, "bias": bias}
 
     # ----- the square matrix --------------------------------------------------------------------------------------
     def square_matrix(self) -> Tensor:

@@ -154,11 +154,13 @@ class Conv(Layer):
         return self._transposed(ones, kernel)
 
     # ----- forward ------------------------------------------------------------------------------------------------
-    def preactivation(self, a_in: Tensor) -> Tensor:
-        """``z = conv(pad(a_in); W) + b``: ``[B, C, H, W] -> [B, out, ceil(H/s), ceil(W/s)]``, aux channels included
-        (``forward(a_in, noise)`` of :class:`Layer` adds the noise and applies the activation)."""
+    def preactivation(self, a_in: Tensor, units: int | None = None) -> Tensor:
+        """``z = conv(pad(a_in); W) + b``: ``[B, C, H, W] -> [B, out, ceil(H/s), ceil(W/s)]``, aux channels included,
+        or only the first ``units`` channels (``forward(a_in, noise)`` of :class:`Layer` adds the noise and applies
+        the activation)."""
         self.check_kernel()
-        return F.conv2d(self._pad(a_in), self.weight, self.bias, stride=self.stride)
+        w, b = (self.weight, self.bias) if units is None else (self.weight[:units], self.bias[:units])
+        return F.conv2d(self._pad(a_in), w, b, stride=self.stride)
 
     # ----- top-down messages --------------------------------------------------------------------------------------
     def transpose(self, delta: Tensor) -> Tensor:
@@ -178,15 +180,18 @@ class Conv(Layer):
         self.check_kernel()
         return self.weight.reshape(self.patch_size, self.patch_size)
 
-    def _inverse_kernel(self, factors: InverseFactors) -> Tensor:
-        # conv_transpose with kernel K sends v_p to K^T v_p on each patch; K = (M^{-1})^T gives M^{-1} v_p.
-        inv = factors.matrix()
-        return inv.transpose(0, 1).reshape(self.kernel_shape)
+    def _inverse_kernel(self, factors: InverseFactors, channels: int | None = None) -> Tensor:
+        # conv_transpose with kernel K sends v_p to K^T v_p on each patch; K = (M^{-1})^T gives M^{-1} v_p. A message
+        # of the first k channels (zeros on the aux channels) needs only the first k columns of M^{-1}.
+        cols = factors.columns(channels)
+        return cols.transpose(0, 1).reshape(cols.shape[1], *self.kernel_shape[1:])
 
     def inverse(self, v: Tensor, factors: InverseFactors) -> Tensor:
         """Difference form: ``conv_transpose(v; M^{-1})``, overlapping patch reconstructions summed, no correction:
-        ``[B, D, H', W'] -> [B, C, H, W]``."""
-        return self._transposed(v, self._inverse_kernel(factors))
+        ``[B, D, H', W'] -> [B, C, H, W]``. A ``v`` of ``k < D`` channels stands for ``v`` padded with zeros on the
+        aux channels and goes through the first ``k`` columns of ``M^{-1}`` only (``k / D`` of the work)."""
+        k = v.shape[1]
+        return self._transposed(v, self._inverse_kernel(factors, None if k == self.patch_size else k))
 
     def inverse_target(self, y: Tensor, factors: InverseFactors, a_in: Tensor | None = None) -> Tensor:
         """Target form: ``conv_transpose(y - b; M^{-1}) - (n_x - 1) a_in`` for a pre-activation target ``y``
@@ -202,6 +207,8 @@ class Conv(Layer):
     # ----- plasticity ---------------------------------------------------------------------------------------------
     def local_gradients(self, a_in: Tensor, delta: Tensor) -> dict[str, Tensor]:
         """Gradient of the local loss from ``delta = dLoss/dz`` ``[B, *out_shape]``: the kernel gradient
-        ``sum_{b,p} delta_p patch_p^T`` ``[out, C, k, k]`` and ``db = sum delta`` ``[out]``."""
-        dw = torch.nn.grad.conv2d_weight(self._pad(a_in), self.kernel_shape, delta, stride=self.stride)
-        return {"weight": dw, "bias": delta.sum((0, 2, 3))}
+        ``sum_{b,p} delta_p patch_p^T`` ``[out, C, k, k]`` and ``db = sum delta`` ``[out]``. A ``delta`` of the first
+        ``k`` channels only gives zero kernel rows beyond ``k``."""
+        shape = (delta.shape[1], *self.kernel_shape[1:])
+        dw = torch.nn.grad.conv2d_weight(self._pad(a_in), shape, delta, stride=self.stride)
+        return self.pad_rows({"weight": dw, "bias": delta.sum((0, 2, 3))})

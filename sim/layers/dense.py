@@ -64,9 +64,11 @@ class Dense(Layer):
                f"{self.activation.name}"
 
     # ----- forward ------------------------------------------------------------------------------------------------
-    def preactivation(self, a_in: Tensor) -> Tensor:
-        """``z = W a_in + b``: ``[B, *in_shape] -> [B, n_out]``, aux units included."""
-        return torch.nn.functional.linear(a_in.reshape(a_in.shape[0], -1), self.weight, self.bias)
+    def preactivation(self, a_in: Tensor, units: int | None = None) -> Tensor:
+        """``z = W a_in + b``: ``[B, *in_shape] -> [B, n_out]``, aux units included (``[B, units]``: the first
+        ``units`` rows of ``W`` only)."""
+        w, b = (self.weight, self.bias) if units is None else (self.weight[:units], self.bias[:units])
+        return torch.nn.functional.linear(a_in.reshape(a_in.shape[0], -1), w, b)
 
     def _unflatten(self, g: Tensor) -> Tensor:
         return g.reshape(g.shape[0], *self.in_shape)
@@ -84,7 +86,17 @@ class Dense(Layer):
         return self.weight
 
     def inverse(self, v: Tensor, factors: InverseFactors) -> Tensor:
-        """Difference form: ``W^{-1} v`` for a pre-activation difference ``v`` ``[B, n] -> [B, *in_shape]``."""
+        """Difference form: ``W^{-1} v`` for a pre-activation difference ``v`` ``[B, n] -> [B, *in_shape]``.
+
+        ``v`` ``[B, k]`` with ``k < n`` stands for ``v`` padded with zeros on the aux units; only the first ``k``
+        columns of ``W^{-1}`` then matter. They are formed (``2 n^2 k`` flops) when that is cheaper than solving for
+        the padded batch (``2 n^2 B``), as for the output layer's few logits; otherwise the padded batch is solved.
+        """
+        n, k = self.out_shape[0], v.shape[1]
+        if k < n and k < v.shape[0]:
+            return self._unflatten(v @ factors.columns(k).transpose(0, 1))
+        if k < n:
+            v = self.embed(v)
         return self._unflatten(factors.solve(v.transpose(0, 1)).transpose(0, 1))
 
     def inverse_target(self, y: Tensor, factors: InverseFactors, a_in: Tensor | None = None) -> Tensor:
@@ -96,5 +108,7 @@ class Dense(Layer):
 
     # ----- plasticity ---------------------------------------------------------------------------------------------
     def local_gradients(self, a_in: Tensor, delta: Tensor) -> dict[str, Tensor]:
-        """Local-loss gradient from ``delta = dLoss/dz`` ``[B, n_out]``: ``dW = delta^T a_in``, ``db = sum delta``."""
-        return {"weight": delta.transpose(0, 1) @ a_in.reshape(a_in.shape[0], -1), "bias": delta.sum(0)}
+        """Local-loss gradient from ``delta = dLoss/dz`` ``[B, n_out]``: ``dW = delta^T a_in``, ``db = sum delta``
+        (``[n_out, n_in]``, ``[n_out]``). A ``delta`` of the first ``k`` units only gives zero rows beyond ``k``."""
+        return self.pad_rows({"weight": delta.transpose(0, 1) @ a_in.reshape(a_in.shape[0], -1),
+                              "bias": delta.sum(0)})

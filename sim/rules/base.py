@@ -92,6 +92,12 @@ class Rule(nn.Module):
         """The output layer's message from the output error ``e = 1/2 dCE/da`` ``[B, n_out]`` (0 on aux units)."""
         return Message.from_error(e)
 
+    def skips_aux(self) -> bool:
+        """Whether this rule's messages and update are unchanged when the layer's aux units are not computed (they
+        receive ``d = 0``); the scheduler then runs the layer on its forwarded units only. See :mod:`sim.layers.base`.
+        """
+        return False
+
     def message_down(self, layer: Layer, a_in: Tensor, a: Tensor, msg: Message) -> Message:
         """The message about ``a_in`` ``[B, *in_shape]`` given this layer's output ``a`` and received ``msg``."""
         raise NotImplementedError

@@ -18,6 +18,8 @@ orthogonal (section 3).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -32,9 +34,15 @@ class GaitProp(Rule):
 
     inverts = True
 
-    def gamma(self, d: Tensor) -> Tensor:
-        """Per-sample step ``[B]`` for a difference ``d`` ``[B, *out_shape]``."""
+    def gamma(self, d: Tensor, n_units: int) -> Tensor:
+        """Per-sample step ``[B]`` for a difference ``d`` ``[B, *out_shape]`` about a layer of ``n_units`` units
+        (aux included; ``d`` may hold only the forwarded units when the aux part is zero and skipped)."""
         raise NotImplementedError
+
+    def skips_aux(self) -> bool:
+        """Difference form never reads a layer's aux activities: their ``d`` is zero, and so are their nudge,
+        ``delta`` and update (see :mod:`sim.layers.base`). The target form materialises ``t = a + d`` on every unit."""
+        return self.settings.arithmetic == "difference"
 
     def top_message(self, a: Tensor, e: Tensor) -> Message:
         if self.settings.arithmetic == "target":
@@ -44,7 +52,7 @@ class GaitProp(Rule):
 
     def message_down(self, layer: Layer, a_in: Tensor, a: Tensor, msg: Message) -> Message:
         factors = layer.factorize(self.settings.inverse)
-        gamma = self.gamma(msg.d)
+        gamma = self.gamma(msg.d, math.prod(layer.out_shape))
         g = gamma.reshape(gamma.shape + (1,) * (a.dim() - 1))
         if self.settings.arithmetic == "target":
             d2 = layer.activation.derivative(a) ** 2

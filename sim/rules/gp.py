@@ -21,8 +21,7 @@ class NormalizedGP(GaitProp):
     uses = ("eta", "arithmetic", "inverse")
     defaults = RuleSettings(lr=1.9e-5, betas=(0.9, 0.999), eps=1e-6, ortho_lambda=100.0, eta=1e-7)
 
-    def gamma(self, d: Tensor) -> Tensor:
-        n_units = math.prod(d.shape[1:])
+    def gamma(self, d: Tensor, n_units: int) -> Tensor:
         norm = per_sample_norm(d)
         scale = self.settings.eta * math.sqrt(n_units)
         return torch.where(norm > 0, scale / norm, torch.ones_like(norm))

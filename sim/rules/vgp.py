@@ -15,5 +15,5 @@ class VanillaGP(GaitProp):
     uses = ("gamma", "arithmetic", "inverse")
     defaults = RuleSettings(lr=1.9e-5, betas=(0.9, 0.999), eps=1e-6, ortho_lambda=100.0, gamma=1e-3)
 
-    def gamma(self, d: Tensor) -> Tensor:
+    def gamma(self, d: Tensor, n_units: int) -> Tensor:
         return d.new_full((d.shape[0],), self.settings.gamma)
