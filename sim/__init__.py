@@ -12,8 +12,7 @@ The Python API in one place::
 from __future__ import annotations
 
 from sim.correspondence import Correspondence, angle_deg, bp_reference, compare
-from sim.errors import (ConfigError, DataError, GaitsimError, NonFiniteError, ShapeError,
-                        SingularLayerError)
+from sim.errors import ConfigError, DataError, GaitsimError, NonFiniteError, ShapeError, SingularLayerError
 from sim.message import Message
 from sim.network import LayerSpec, Network, NetworkConfig
 from sim.presets import PRESETS, preset

@@ -37,8 +37,8 @@ buffers and Adam state. ``tracemalloc`` does not see torch's allocations.
 Reference-cost mode: float64 everywhere; the inverting rules (gp, vgp) in the target form with an explicit inverse of
 every square layer every step (``RuleSettings(inverse='inv', arithmetic='target')``) and ``W W^T`` as one full matmul
 (:func:`sim.regularizer.textbook_products`), the costs of the authors' implementation; the same scheduler options as
-the fast mode otherwise (the target form computes every aux unit: it reads them). The command-line twin is ``python -m sim
-bench`` (:mod:`sim.commands.bench`); the numbers and how to read them are in docs/performance.md.
+the fast mode otherwise (the target form computes every aux unit: it reads them). The command-line twin is
+``python -m sim bench`` (:mod:`sim.commands.bench`); the numbers and how to read them are in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from torch import Tensor
 
 from sim import regularizer
 from sim.errors import ConfigError
-from sim.network import Network
+from sim.network import Network, resolve_device
 from sim.presets import PRESETS, preset
 from sim.rules import gait, get_rule
 from sim.schedule import NUMERICS_CHECKS, Scheduler
@@ -332,12 +332,7 @@ def validate(opts: BenchOptions) -> None:
 def run(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> list[dict]:
     """Benchmark every case of ``opts``; one result dict per case (the ``--json`` rows)."""
     validate(opts)
-    try:
-        device = torch.device(opts.device)
-    except RuntimeError:
-        raise ConfigError(f"device {opts.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {opts.device!r} asked for but CUDA is not available here; use --device cpu")
+    device = resolve_device(opts.device, "--device")
     tf32_before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     threads_before = torch.get_num_threads()
     if opts.threads is not None:
@@ -481,7 +476,8 @@ def format_table(rows: list[dict]) -> str:
     lines.append(f"net {r0['net']}, batch {r0['batch']}, {r0['repeats']} repeats x {r0['steps_per_repeat']} steps, "
                  f"device {r0['device_name']}, {r0['threads']} threads, torch {r0['torch']}, "
                  f"check_numerics {r0['check_numerics']}, fused_adam {r0['fused_adam']}, ortho_every "
-                 f"{r0['ortho_every']}, skip_aux {r0['skip_aux']}, compile {r0['compile']}, THP {'on' if r0['thp'] else 'off'}, "
+                 f"{r0['ortho_every']}, skip_aux {r0['skip_aux']}, compile {r0['compile']}, "
+                 f"THP {'on' if r0['thp'] else 'off'}, "
                  f"load {r0['load_start']:.2f} -> {r0['load_end']:.2f}")
     mm = sorted({(r["dtype"], r["tf32"], r["matmul_n"], r["matmul_gflops"], r["square_matmul_gflops"]) for r in rows},
                 key=str)

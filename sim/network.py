@@ -84,6 +84,18 @@ def seed_streams(seed: int, n: int) -> list[int]:
     return [int(s.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)) for s in np.random.SeedSequence(seed).spawn(n)]
 
 
+def resolve_device(name: str, option: str = "device") -> torch.device:
+    """``torch.device(name)``, refusing a name torch does not know and CUDA where there is none (``option`` names the
+    setting in the message: ``device`` in a config, ``--device`` on the command line)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for but CUDA is not available here; use {option} cpu")
+    return device
+
+
 class Network(nn.Module):
     """Layers (``self.layers``) and their rules (``self.rules``), index-aligned, bottom to top."""
 
@@ -93,12 +105,7 @@ class Network(nn.Module):
             raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
         if config.classes < 2:
             raise ConfigError(f"classes must be at least 2, got {config.classes}")
-        try:
-            device = torch.device(config.device)
-        except RuntimeError:
-            raise ConfigError(f"device {config.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"device {config.device!r} asked for but CUDA is not available here; use device cpu")
+        device = resolve_device(config.device, "device")
         self.config = config
         self.classes = config.classes
         dtype = DTYPES[config.dtype]

@@ -14,7 +14,6 @@ from contextvars import ContextVar
 import torch
 from torch import Tensor
 
-
 #: ``W W^T`` of an ``n x n`` weight with ``n`` at least this is built from the upper block triangle (see
 #: :func:`gram`); below it one matmul is faster than several small ones
 SYMMETRIC_MIN = 512

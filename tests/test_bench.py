@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 from torch.utils.flop_counter import FlopCounterMode

@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ortho-every", type=int, default=d.ortho_every,
                    help="apply the regulariser every k steps with k x its weight (trades fidelity; default 1)")
     p.add_argument("--no-skip-aux", action="store_true",
-                   help="compute the aux units of difference-form GP layers too (exact either way; measures the saving)")
+                   help="compute the aux units of difference-form GP layers too (exact either way; measures what "
+                        "skipping them saves)")
     p.add_argument("--tf32", choices=["both", "on", "off"], default="both",
                    help="CUDA float32: time with TF32 matmuls allowed, not allowed, or both (default both)")
     p.add_argument("--image-size", type=int, help="input resolution (conv presets)")
@@ -65,8 +66,8 @@ def options(args: argparse.Namespace) -> BenchOptions:
         arithmetic=args.arithmetic, batch=args.batch, steps=args.steps, repeats=args.repeats, warmup=args.warmup,
         device=args.device, reference_cost=args.reference_cost,
         preset_kwargs={k: v for k, v in kw.items() if v is not None}, check_numerics=args.check_numerics,
-        fused_adam=not args.no_fused_adam, ortho_every=args.ortho_every, skip_aux=not args.no_skip_aux, tf32=tf32, seed=args.seed,
-        threads=args.threads, compile=args.compile)
+        fused_adam=not args.no_fused_adam, ortho_every=args.ortho_every, skip_aux=not args.no_skip_aux, tf32=tf32,
+        seed=args.seed, threads=args.threads, compile=args.compile)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -11,8 +11,10 @@ worker processes); :class:`TensorImageDataset` instead gathers each batch from o
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -114,6 +116,27 @@ class TensorImageDataset(ImageDataset):
         return TensorImageDataset(
             self.x.to(device), self.y.to(device), classes=self.classes, pixel_map=self.pixel_map, source=self.source
         )
+
+
+def read_files(paths: Iterable[Path], read: Callable[[Path], tuple[np.ndarray, np.ndarray]], size: int | None,
+               mismatch: Callable[[Path, np.ndarray, np.ndarray], str]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Read ``(images, labels)`` from ``paths`` in order with ``read`` until ``size`` images are in (None: all files).
+
+    Returns the image arrays (one per file, for the caller to join in its layout) and the joined labels ``[N]``. A
+    file whose per-image shape differs from the first file's stops the load with ``DataError(mismatch(path, x,
+    first_x))``; files after the cap are never opened.
+    """
+    xs, ys, count = [], [], 0
+    for path in paths:
+        x, y = read(path)
+        if xs and x.shape[1:] != xs[0].shape[1:]:
+            raise DataError(mismatch(path, x, xs[0]))
+        xs.append(x)
+        ys.append(y)
+        count += len(x)
+        if size is not None and count >= size:
+            break
+    return xs, np.concatenate(ys)
 
 
 def check_labels(y: Tensor, classes: int, source: str) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sim.data.dataset import TensorImageDataset, build_in_memory
+from sim.data.dataset import TensorImageDataset, build_in_memory, read_files
 from sim.data.spec import DataSpec
 from sim.errors import DataError
 
@@ -139,19 +139,9 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def load_imagenet_downsampled(spec: DataSpec, split: str, seed: int = 0) -> TensorImageDataset:
     """Load ``split`` ('test' reads ``val_data``) of a downsampled-ImageNet folder; 1000 classes unless overridden."""
     folder = Path(spec.path).expanduser()
-    xs, ys, count = [], [], 0
-    for path in _batch_files(folder, split):
-        x, y = read_batch(path)
-        if xs and x.shape[1:] != xs[0].shape[1:]:
-            raise DataError(
-                f"{path}: images are {x.shape[-1]}x{x.shape[-1]} but earlier batches hold "
-                f"{xs[0].shape[-1]}x{xs[0].shape[-1]}; do not mix resolutions in one folder"
-            )
-        xs.append(x)
-        ys.append(y)
-        count += len(x)
-        if spec.size is not None and count >= spec.size:
-            break  # the cap keeps the first N images: later batches are not needed
+    xs, y = read_files(_batch_files(folder, split), read_batch, spec.size, lambda path, x, first: (
+        f"{path}: images are {x.shape[-1]}x{x.shape[-1]} but earlier batches hold {first.shape[-1]}x"
+        f"{first.shape[-1]}; do not mix resolutions in one folder"))
     raw = torch.from_numpy(np.concatenate(xs)) if len(xs) > 1 else torch.from_numpy(xs[0])
-    y = torch.from_numpy(np.concatenate(ys))
+    y = torch.from_numpy(y)
     return build_in_memory(raw, y, peak=255.0, spec=spec, source=f"{folder} ({split})", classes=CLASSES)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sim.data.dataset import TensorImageDataset, build_in_memory
+from sim.data.dataset import TensorImageDataset, build_in_memory, read_files
 from sim.data.spec import DataSpec
 from sim.errors import DataError
 
@@ -121,21 +121,11 @@ def label_space(folder: Path) -> int:
 def load_npz(spec: DataSpec, split: str, seed: int = 0) -> TensorImageDataset:
     """Load ``split`` from the shard folder ``spec.path``; images ``[N, C, H, W]`` float32, labels ``[N]``."""
     folder = Path(spec.path).expanduser()
-    xs, ys, count = [], [], 0
-    for path in shard_files(folder, split):
-        x, y = read_shard(path)
-        if xs and x.shape[1:] != xs[0].shape[1:]:
-            raise DataError(
-                f"{path}: images are {list(x.shape[1:])} (H, W, C) but earlier shards hold "
-                f"{list(xs[0].shape[1:])}; all shards of a folder must share one image shape"
-            )
-        xs.append(x)
-        ys.append(y)
-        count += len(x)
-        if spec.size is not None and count >= spec.size:
-            break  # the cap keeps the first N images: later shards are not needed
+    xs, y = read_files(shard_files(folder, split), read_shard, spec.size, lambda path, x, first: (
+        f"{path}: images are {list(x.shape[1:])} (H, W, C) but earlier shards hold {list(first.shape[1:])}; all "
+        "shards of a folder must share one image shape"))
     # NHWC -> NCHW by transposing each shard's view; cat writes one contiguous channels-first tensor.
     raw = torch.cat([torch.from_numpy(x).permute(0, 3, 1, 2) for x in xs])
-    y = torch.from_numpy(np.concatenate(ys))
+    y = torch.from_numpy(y)
     classes = None if spec.classes is not None else label_space(folder)
     return build_in_memory(raw, y, peak=255.0, spec=spec, source=f"{folder} ({split})", classes=classes)
