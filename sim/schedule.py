@@ -233,9 +233,7 @@ class Scheduler:
         if isinstance(ortho_every, bool) or not isinstance(ortho_every, int) or ortho_every < 1:
             raise ConfigError(f"ortho_every must be a positive integer (1: every step), got {ortho_every!r}")
         self.ortho_every = ortho_every
-        #: ``narrow[l]``: layer l runs on its forwarded units only (see ``skip_aux``)
-        self.narrow = [bool(skip_aux) and layer.square and layer.width < layer.out_shape[0] and rule.skips_aux()
-                       and std == 0 for layer, rule, std in zip(net.layers, net.rules, self.message_std)]
+        self.skip_aux = bool(skip_aux)
         self.generator = torch.Generator(device=net.device).manual_seed(seed_streams(seed, 3)[2])
         groups = []
         for layer, rule in zip(net.layers, net.rules):
@@ -244,6 +242,13 @@ class Scheduler:
                            "name": layer.name})
         self.optimizer = torch.optim.Adam(groups, fused=True) if fused_adam else torch.optim.Adam(groups)
         self.step_count = 0
+
+    @property
+    def narrow(self) -> list[bool]:
+        """``narrow[l]``: layer l runs on its forwarded units only (see ``skip_aux``). Read from the rules' current
+        settings at every step, so a rule switched to the target form afterwards computes its aux units again."""
+        return [self.skip_aux and layer.square and layer.width < layer.out_shape[0] and rule.skips_aux() and std == 0
+                for layer, rule, std in zip(self.net.layers, self.net.rules, self.message_std)]
 
     # ----- inputs -------------------------------------------------------------------------------------------------
     def _check_batch(self, x: Tensor, y: Tensor, check: Check = True) -> tuple[Tensor, Tensor]:

@@ -116,6 +116,13 @@ def test_aux_units_are_computed_where_they_are_read():
     x, y = batch(net, 4)
     assert noisy.compute(x, y).messages[2].d.shape[1:] == net.layers[2].out_shape
     assert not any(Scheduler(net, skip_aux=False).narrow)
+    # decided at every step from the rules' current settings
+    sched = Scheduler(net)
+    assert sched.narrow == has_aux
+    for rule in net.rules:
+        rule.settings = replace(rule.settings, arithmetic="target")
+    assert not any(sched.narrow)
+    assert sched.compute(x, y).messages[2].d.shape[1:] == net.layers[2].out_shape
 
 
 @pytest.mark.parametrize("mode", ["step", "off", False])
