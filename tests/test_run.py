@@ -118,6 +118,12 @@ def test_cli_run_writes_every_documented_variable(tmp_path, tiny_config, capsys,
     for m in ("train_top1", "train_top5", "test_top1", "test_top5"):
         assert ((ds[m] >= 0) & (ds[m] <= 1)).all()
     assert (ds.test_top5 >= ds.test_top1).all()
+    # docs/runs.md's recipe for the per-epoch table and the mean angle per layer
+    per_epoch = ds[["train_top1", "train_top5", "train_loss", "test_top1", "test_top5", "test_loss",
+                    "epoch_wall_s"]].to_dataframe()
+    assert list(per_epoch.index) == [1, 2] and (per_epoch["epoch_wall_s"] > 0).all()
+    mean_angle = ds.angle.dropna("step", how="all").mean("step").to_series()
+    assert list(mean_angle.index) == layers and np.isfinite(mean_angle.values).all()
     if rule in ("bp", "gp", "vgp"):
         assert float(ds.test_top1[-1]) > 0.2, "no better than chance on 10 classes"
     # GP's output-layer angle is 0 by construction; BP's every angle is ~0
