@@ -132,13 +132,18 @@ def angle_per_layer(ds: xr.Dataset) -> Figure:
             ax.errorbar(x + offset, mean, yerr=std, marker=marker, ms=4, capsize=2, lw=1.2, label=rule, ls=style,
                         color=rule_color(rule, i), zorder=3 if rule in RULE_LINES else 2)
         ax.set_xticks(x, layers, rotation=45, ha="right", fontsize=8)
-        ax.set_ylabel("angle to BP (deg)")
-        _angle_axis(ax)
-        ax.set_title(_title(ds, exp), fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, title="rule", title_fontsize=8)
+        _finish_angle_axes(ax, ds, exp)
     _suptitle(fig, ds, "angle of each layer's update to BP (mean ± std over recorded steps and seeds)")
     return fig
+
+
+def _finish_angle_axes(ax, ds: xr.Dataset, exp: str) -> None:
+    """Label, scale, title, grid and legend of one experiment's angle panel."""
+    ax.set_ylabel("angle to BP (deg)")
+    _angle_axis(ax)
+    ax.set_title(_title(ds, exp), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title="rule", title_fontsize=8)
 
 
 def angle_per_step(ds: xr.Dataset) -> Figure:
@@ -161,11 +166,7 @@ def angle_per_step(ds: xr.Dataset) -> Figure:
                 ax.fill_between(steps, a.min("seed", skipna=True).values, a.max("seed", skipna=True).values,
                                 alpha=0.2, color=rule_color(rule, i), lw=0)
         ax.set_xlabel("training step")
-        ax.set_ylabel("angle to BP (deg)")
-        _angle_axis(ax)
-        ax.set_title(_title(ds, exp), fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, title="rule", title_fontsize=8)
+        _finish_angle_axes(ax, ds, exp)
     _suptitle(fig, ds, "angle to BP per step (mean over hidden layers and seeds; shaded: seed range)")
     return fig
 
