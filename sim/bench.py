@@ -174,16 +174,14 @@ def step_flops(net: Network, batch: int, ortho_every: int = 1, narrow: list[bool
         macs = rows * layer.weight[0].numel() * positions * batch
         parts["forward"] += 2 * macs
         parts["weight_grads"] += 2 * macs
-        conv = layer.weight.dim() > 2
         if i > 0:
             n = layer.square_matrix().shape[0] if layer.square else 0
-            # a dense layer's narrow message goes through the first columns of W^{-1} only when they are fewer than
-            # the batch (sim.layers.dense.Dense.inverse); otherwise the zero-padded batch is solved
-            padded_solve = rule.inverts and not conv and rows >= batch
-            parts["messages"] += 2 * batch * n * n if padded_solve else 2 * macs
+            # GP's message either solves for the (zero-padded) batch or goes through `rows` columns of the inverse
+            solved = rule.inverts and not layer.forms_inverse_columns(rows, batch)
+            parts["messages"] += 2 * batch * n * n if solved else 2 * macs
             if rule.inverts:
                 parts["factorization"] += 2 * n**3 if rule.settings.inverse == "inv" else 2 / 3 * n**3
-                if rule.settings.inverse != "inv" and (conv or not padded_solve):
+                if rule.settings.inverse != "inv" and not solved:
                     parts["factorization"] += 2 * n**2 * rows  # columns of M^{-1} from the LU factors
         if layer.square and rule.settings.ortho_lambda > 0:
             parts["regularizer"] += regularizer.gradient_flops(layer.square_matrix().shape[0]) / ortho_every

@@ -83,8 +83,19 @@ def test_analytic_flops_match_torch_flop_counter(name, kwargs, rule, skip_aux, s
     counted = parts["forward"] + parts["weight_grads"] + parts["regularizer"] + parts["messages"]
     if rule == "gp":
         counted -= sum(2 * x.shape[0] * layer.out_shape[0] ** 2 for layer, skip in zip(net.layers[1:], sched.narrow[1:])
-                       if layer.weight.dim() == 2 and not (skip and layer.width < x.shape[0]))
+                       if not layer.forms_inverse_columns(layer.width if skip else layer.out_shape[0], x.shape[0]))
     assert counter.get_total_flops() == pytest.approx(counted, rel=1e-9)
+
+
+def test_a_batch_wider_than_the_layers_counts_solves_not_inverse_columns():
+    # digits_deep's square layers are 128 wide: at batch 256 a full-width GP message is solved with the LU factors
+    # (no columns of W^{-1} are formed), only the output layer's 10 logits go through 10 columns
+    net = Network(preset("digits_deep", "gp"))
+    square = [layer.out_shape[0] for layer in net.layers[1:]]
+    lu = sum(2 / 3 * n**3 for n in square)
+    assert step_flops(net, 256)["factorization"] == pytest.approx(lu, rel=1e-12)
+    narrow = Scheduler(net).narrow
+    assert step_flops(net, 256, narrow=narrow)["factorization"] == pytest.approx(lu + 2 * 128**2 * 10, rel=1e-12)
 
 
 def test_options_are_validated():

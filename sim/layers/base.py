@@ -247,6 +247,12 @@ class Layer(nn.Module):
         """The weight as an ``n x n`` matrix (square layers only), the object of inversion and the regulariser."""
         raise NotImplementedError
 
+    def forms_inverse_columns(self, k: int, batch: int) -> bool:
+        """Whether :meth:`inverse` sends a message of ``k`` units (channels) and ``batch`` samples through the first
+        ``k`` columns of the inverse, formed from the LU factors (``2 n^2 k`` flops), rather than solving for the
+        zero-padded batch. The one place this is decided: the benchmark's FLOP count asks it too."""
+        raise NotImplementedError
+
     def factorize(self, method: str = "lu", check: bool = True) -> InverseFactors:
         """Factorise this layer's square matrix for this step's inverse messages."""
         if not self.square:

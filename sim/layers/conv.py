@@ -190,8 +190,12 @@ class Conv(Layer):
         """Difference form: ``conv_transpose(v; M^{-1})``, overlapping patch reconstructions summed, no correction:
         ``[B, D, H', W'] -> [B, C, H, W]``. A ``v`` of ``k < D`` channels stands for ``v`` padded with zeros on the
         aux channels and goes through the first ``k`` columns of ``M^{-1}`` only (``k / D`` of the work)."""
-        k = v.shape[1]
-        return self._transposed(v, self._inverse_kernel(factors, None if k == self.patch_size else k))
+        return self._transposed(v, self._inverse_kernel(factors, v.shape[1]))
+
+    def forms_inverse_columns(self, k: int, batch: int) -> bool:
+        """Always: the transposed convolution needs the inverse's columns as its kernel, all ``D`` of them when the
+        aux channels are computed."""
+        return True
 
     def inverse_target(self, y: Tensor, factors: InverseFactors, a_in: Tensor | None = None) -> Tensor:
         """Target form: ``conv_transpose(y - b; M^{-1}) - (n_x - 1) a_in`` for a pre-activation target ``y``

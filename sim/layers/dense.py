@@ -89,15 +89,18 @@ class Dense(Layer):
         """Difference form: ``W^{-1} v`` for a pre-activation difference ``v`` ``[B, n] -> [B, *in_shape]``.
 
         ``v`` ``[B, k]`` with ``k < n`` stands for ``v`` padded with zeros on the aux units; only the first ``k``
-        columns of ``W^{-1}`` then matter. They are formed (``2 n^2 k`` flops) when that is cheaper than solving for
-        the padded batch (``2 n^2 B``), as for the output layer's few logits; otherwise the padded batch is solved.
+        columns of ``W^{-1}`` then matter (:meth:`forms_inverse_columns`).
         """
-        n, k = self.out_shape[0], v.shape[1]
-        if k < n and k < v.shape[0]:
+        k = v.shape[1]
+        if self.forms_inverse_columns(k, v.shape[0]):
             return self._unflatten(v @ factors.columns(k).transpose(0, 1))
-        if k < n:
-            v = self.embed(v)
-        return self._unflatten(factors.solve(v.transpose(0, 1)).transpose(0, 1))
+        return self._unflatten(factors.solve(self.embed(v).transpose(0, 1)).transpose(0, 1))
+
+    def forms_inverse_columns(self, k: int, batch: int) -> bool:
+        """Only for a message narrower than the layer (aux units skipped) and when forming its ``k`` columns
+        (``2 n^2 k`` flops) is cheaper than solving for the padded batch (``2 n^2 B``), as for the output layer's few
+        logits."""
+        return k < min(self.out_shape[0], batch)
 
     def inverse_target(self, y: Tensor, factors: InverseFactors, a_in: Tensor | None = None) -> Tensor:
         """Target form: ``W^{-1}(y - b)`` for a pre-activation target ``y`` ``[B, n] -> [B, *in_shape]``.
