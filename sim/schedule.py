@@ -68,7 +68,7 @@ class ForwardPass:
     inputs: list[Tensor]
     outputs: list[Tensor]
     noise: list[Tensor | None]
-    narrow: list[bool] | None = None
+    narrow: list[bool]
 
 
 @dataclass
@@ -154,7 +154,7 @@ def message_phase(net: Network, fp: ForwardPass, y: Tensor, message_std: tuple[f
     units would get are not materialised.
     """
     layers, rules = net.layers, net.rules
-    narrow = fp.narrow or [False] * len(layers)
+    narrow = fp.narrow
     e, loss = output_error(net, fp.outputs[-1], y, narrow[-1])
     if isinstance(check, list):
         check.append(~torch.isfinite(loss))
