@@ -47,6 +47,13 @@ def _grid(n: int, width: float = 4.2, height: float = 3.2, max_cols: int = 4) ->
     return fig, axes[:n]
 
 
+def _panels(ds: xr.Dataset) -> tuple[Figure, list, list[str], list[str]]:
+    """One panel per experiment of a study dataset: the figure, its axes, the experiments and the rules."""
+    exps = [str(e) for e in ds.experiment.values]
+    fig, axes = _grid(len(exps))
+    return fig, axes, exps, [str(r) for r in ds.rule.values]
+
+
 def runs_present(ds: xr.Dataset) -> xr.DataArray:
     """Which (experiment, rule, seed) runs exist: ``diverged`` is 0 or 1 for every loaded run, NaN elsewhere."""
     if "diverged" in ds:
@@ -116,9 +123,7 @@ def _suptitle(fig: Figure, ds: xr.Dataset, text: str) -> None:
 # ----- figures ------------------------------------------------------------------------------------------------------
 def angle_per_layer(ds: xr.Dataset) -> Figure:
     """Per experiment: each rule's angle to BP in every layer, mean +/- std over recorded steps and seeds."""
-    exps = [str(e) for e in ds.experiment.values]
-    fig, axes = _grid(len(exps))
-    rules = [str(r) for r in ds.rule.values]
+    fig, axes, exps, rules = _panels(ds)
     for ax, exp in zip(axes, exps):
         layers = _layers(ds, exp)
         x = np.arange(len(layers))
@@ -148,9 +153,7 @@ def _finish_angle_axes(ax, ds: xr.Dataset, exp: str) -> None:
 
 def angle_per_step(ds: xr.Dataset) -> Figure:
     """Per experiment: each rule's angle to BP (mean over hidden layers) at every recorded step."""
-    exps = [str(e) for e in ds.experiment.values]
-    fig, axes = _grid(len(exps))
-    rules = [str(r) for r in ds.rule.values]
+    fig, axes, exps, rules = _panels(ds)
     angle = hidden_angle(ds)
     for ax, exp in zip(axes, exps):
         for i, rule in enumerate(r for r in rules if _has_run(ds, exp, r)):
@@ -173,9 +176,7 @@ def angle_per_step(ds: xr.Dataset) -> Figure:
 
 def accuracy(ds: xr.Dataset) -> Figure:
     """Per experiment: train (dashed) and test (solid) accuracy per epoch, mean over seeds."""
-    exps = [str(e) for e in ds.experiment.values]
-    fig, axes = _grid(len(exps))
-    rules = [str(r) for r in ds.rule.values]
+    fig, axes, exps, rules = _panels(ds)
     for ax, exp in zip(axes, exps):
         metric = metric_of(ds, exp)
         for i, rule in enumerate(r for r in rules if _has_run(ds, exp, r)):
