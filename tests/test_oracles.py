@@ -131,6 +131,29 @@ def test_inverse_difference_has_no_cancellation():
     assert naive[0] == 0  # what target form loses
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_activation_formulas_equal_the_textbook_where_forms_bit_for_bit(dtype):
+    # sim.activation avoids torch.where (a scalar loop on CPU); its sign/clamp/blend formulas must pick exactly the
+    # values of the piecewise definitions, on zeros, on both pieces across 33 decades, and where the nudge crosses
+    # the kink (about a quarter of the entries here)
+    g = torch.Generator().manual_seed(7)
+    n = 4096
+    a = torch.randn(n, generator=g, dtype=dtype) * torch.logspace(-30, 3, n, dtype=dtype)
+    a[:50], a[50:100] = 0.0, -0.0
+    u = torch.randn(n, generator=g, dtype=dtype) * torch.logspace(3, -30, n, dtype=dtype)
+    s = LEAKY_RELU.negative_slope
+    one = torch.ones((), dtype=dtype)
+    derivative = torch.where(a > 0, one, one * s)
+    inverse = torch.where(a > 0, a, a / s)
+    moved = a + u
+    crossed = torch.where(moved > 0, moved, moved / s) - inverse
+    difference = torch.where((a > 0) == (moved > 0), u / derivative, crossed)
+    assert ((a > 0) != (moved > 0)).sum() > n // 8
+    assert torch.equal(LEAKY_RELU.derivative(a), derivative)
+    assert torch.equal(LEAKY_RELU.inverse(a), inverse)
+    assert torch.equal(LEAKY_RELU.inverse_difference(a, u), difference)
+
+
 @pytest.mark.parametrize("n", [64, 600])  # 600: W W^T from the upper block triangle (regularizer.gram)
 def test_regulariser_gradient_equals_autograd(n):
     g = torch.Generator().manual_seed(n)
