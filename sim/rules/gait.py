@@ -76,12 +76,12 @@ _nudge_impl = nudge
 
 
 def compile_nudge(enable: bool = True) -> None:
-    """Opt in (process-wide) to a ``torch.compile``-d :func:`nudge`: its ~15 elementwise passes fused into one kernel.
+    """Opt in (process-wide) to a ``torch.compile``-d :func:`nudge`: its ~27 elementwise passes fused into one kernel.
 
-    Off by default: compiling takes about a minute on a 2-core CPU (once per activation shape) and saves ~10 ms per
-    1024-wide layer at batch 256 there, 1-2% of a GP step, within the noise (docs/performance.md); on a GPU, where
-    each pass is a kernel launch, measure it (``python -m sim bench --compile``). Inductor keeps the division by the
-    slope, so the values are those of the eager code (tested, ``-m slow``).
+    Off by default: compiling takes about a minute on a 2-core CPU (once per activation shape) and saves ~1.5-2 ms per
+    1024-wide layer at batch 256 there, about 2% of a GP step (docs/performance.md); on a GPU, where each pass is a
+    kernel launch, measure it (``python -m sim bench --compile``). Inductor keeps the division by the slope, so the
+    values are those of the eager code (tested, ``-m slow``).
     """
     global _nudge_impl
     _nudge_impl = torch.compile(nudge, dynamic=False) if enable else nudge
