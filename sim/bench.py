@@ -34,6 +34,10 @@ resident size before it, after returning freed heap pages to the system (``mallo
 writable, the growth of ``getrusage``'s max RSS (a lower bound). ``state_mb`` is the exact size of the parameters,
 buffers and Adam state. ``tracemalloc`` does not see torch's allocations.
 
+Host syncs (``host_syncs_per_step``, CUDA only): the synchronising calls of one more step, counted with
+``torch.cuda.set_sync_debug_mode('warn')`` (:func:`host_syncs`); 0 expected with ``check_numerics='off'``, 1 with
+``'step'``.
+
 Reference-cost mode: float64 everywhere; the inverting rules (gp, vgp) in the target form with an explicit inverse of
 every square layer every step (``RuleSettings(inverse='inv', arithmetic='target')``) and ``W W^T`` as one full matmul
 (:func:`sim.regularizer.textbook_products`), the costs of the authors' implementation; the same scheduler options as
@@ -50,6 +54,7 @@ import os
 import resource
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
@@ -255,6 +260,29 @@ def step_memory_mb(sched: Scheduler, x: Tensor, y: Tensor) -> float | None:
     return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before, 0.0)
 
 
+def host_syncs(sched: Scheduler, x: Tensor, y: Tensor) -> int | None:
+    """Synchronising CUDA calls one training step makes (None on CPU), counted with torch's sync debug mode.
+
+    A step should make none with numerics checks off and exactly one (reading the step's flags) with
+    ``check_numerics='step'``; each is the CPU waiting for the GPU's queue to drain. torch's detector covers the
+    common synchronising calls (device-to-host copies, ``.item()``, ``nonzero``, stream syncs), not every one.
+    """
+    device = sched.net.device
+    if device.type != "cuda":
+        return None
+    _sync(device)
+    before = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            sched.train_step(x, y)
+        finally:
+            torch.cuda.set_sync_debug_mode(before)
+    _sync(device)
+    return sum("synchronizing" in str(w.message) for w in caught)
+
+
 def state_mb(sched: Scheduler) -> float:
     """Parameters, buffers and optimiser state, in MiB."""
     tensors = [*sched.net.parameters(), *sched.net.buffers()]
@@ -386,6 +414,7 @@ def _run(opts: BenchOptions, device: torch.device, progress: Callable[[str], Non
         _set_tf32(case.tf32)
         with _costs(case):
             mem = step_memory_mb(sched, x, y)
+            syncs = host_syncs(sched, x, y)
             flops = step_flops(sched.net, opts.batch, opts.ortho_every, sched.narrow)
         t = statistics.median(times[case])
         q1, q3 = _quartiles(times[case])
@@ -405,7 +434,7 @@ def _run(opts: BenchOptions, device: torch.device, progress: Callable[[str], Non
             "gflops": flops["total"] / t / 1e9,
             "matmul_n": n, "matmul_gflops": 2 * opts.batch * n**2 / mm_batch / 1e9,
             "square_matmul_gflops": 2 * n**3 / mm_square / 1e9,
-            "peak_mem_mb": mem, "state_mb": state_mb(sched),
+            "peak_mem_mb": mem, "state_mb": state_mb(sched), "host_syncs_per_step": syncs,
             "samples_per_s": samples, "epoch_samples": epoch, "epoch_s": None if epoch is None else epoch / samples,
             "check_numerics": opts.check_numerics, "fused_adam": opts.fused_adam, "ortho_every": opts.ortho_every,
             "skip_aux": opts.skip_aux, "narrow_layers": sum(sched.narrow), "compile": opts.compile,
@@ -483,6 +512,10 @@ def format_table(rows: list[dict]) -> str:
         tf = "" if tf32 is None else f" tf32 {'on' if tf32 else 'off'}"
         lines.append(f"matmul {dtype}{tf}: [{r0['batch']}, {n}] x [{n}, {n}] {g_b:.1f} GFLOP/s, "
                      f"[{n}, {n}] x [{n}, {n}] {g_s:.1f} GFLOP/s")
+    if r0["host_syncs_per_step"] is not None:
+        lines.append("host syncs per step: " + ", ".join(
+            f"{r['rule']}/{r['mode']}{'' if r['tf32'] is None else '/tf32' if r['tf32'] else ''} "
+            f"{r['host_syncs_per_step']}" for r in rows))
     if r0["epoch_s"] is not None:
         lines.append("epoch of " + f"{r0['epoch_samples']} samples: " + ", ".join(
             f"{r['rule']}/{r['mode']}{'' if r['tf32'] is None else '/tf32' if r['tf32'] else ''} "

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
-import inspect
 import json
 import math
 import re
@@ -34,7 +33,7 @@ import yaml
 
 from sim.errors import ConfigError, GaitsimError, ShapeError
 from sim.network import LayerSpec, Network, NetworkConfig
-from sim.presets import PRESETS, preset
+from sim.presets import preset, preset_options
 from sim.rules import RuleSettings, get_rule
 from sim.schedule import NoiseFloor, Scheduler
 
@@ -452,14 +451,11 @@ def _resolve(doc: dict) -> RunConfig:
             raise ConfigError(f"network: give either preset (with its options image_size, width_mult, classes) or "
                               f"an explicit stack (input_shape, classes, layers), not both; drop network."
                               f"{' and network.'.join(mixed)}")
-        fn = PRESETS[n["preset"]]
-        takes = {p for p, par in inspect.signature(fn).parameters.items() if par.kind is par.KEYWORD_ONLY
-                 or par.kind is par.POSITIONAL_OR_KEYWORD}
+        takes = preset_options(n["preset"])
         for opt in ("image_size", "width_mult", "classes"):
             if n.get(opt) is not None and opt not in takes:
-                options = sorted(takes & {"image_size", "width_mult", "classes"})
                 raise ConfigError(f"network.{opt}: preset {n['preset']!r} takes no option {opt!r} (its options: "
-                                  f"{', '.join(options) or 'none'})")
+                                  f"{', '.join(sorted(takes)) or 'none'})")
         layers = None
     else:
         missing = [k for k in ("input_shape", "classes", "layers") if n.get(k) is None]

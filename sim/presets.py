@@ -13,6 +13,7 @@ arguments (``image_size``, ``width_mult``, ``classes``) are accepted by the pres
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 
@@ -36,8 +37,20 @@ def preset(name: str, rule: str | Sequence[str] = "bp", *, settings: dict[str, R
     """The network config of preset ``name`` with one rule everywhere or one rule name per layer."""
     if name not in PRESETS:
         raise ConfigError(f"unknown network preset {name!r}; presets: {', '.join(sorted(PRESETS))}")
+    options = preset_options(name)
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        raise ConfigError(f"network preset {name!r} takes no option {', '.join(unknown)} (its options: "
+                          f"{', '.join(sorted(options)) or 'none'})")
     rules = rule if isinstance(rule, str) else tuple(rule)
     return PRESETS[name](rules=rules, settings=dict(settings or {}), dtype=dtype, device=device, seed=seed, **kwargs)
+
+
+def preset_options(name: str) -> list[str]:
+    """The extra keyword options preset ``name`` takes (``image_size``, ``width_mult``, ``classes``; the shared
+    ``rules``, ``settings``, ``dtype``, ``device`` and ``seed`` are not listed)."""
+    params = inspect.signature(PRESETS[name]).parameters.values()
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def dense_stack(input_shape: tuple[int, ...], widths: Sequence[int], classes: int, **common) -> NetworkConfig:

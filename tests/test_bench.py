@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 KEYS = {"rule", "mode", "dtype", "arithmetic", "ms_per_step", "gflops", "ms_min", "ms_max", "ms_q1", "ms_q3",
         "flop_per_step", "matmul_gflops", "square_matmul_gflops", "peak_mem_mb", "state_mb", "ratio_to_bp",
-        "speedup_vs_reference", "samples_per_s", "load_start", "load_end", "threads"}
+        "speedup_vs_reference", "samples_per_s", "load_start", "load_end", "threads", "host_syncs_per_step"}
 
 
 def _bench(capsys, *extra: str) -> list[dict]:
@@ -44,6 +44,7 @@ def test_bench_json_has_every_rule_and_the_reference_mode(capsys):
             if r["rule"] in ("gp", "vgp"):
                 assert (r["arithmetic"], r["inverse"]) == ("difference", "lu")
     assert next(r for r in rows if r["rule"] == "bp" and r["mode"] == "fast")["ratio_to_bp"] == 1.0
+    assert all(r["host_syncs_per_step"] is None for r in rows)  # counted on CUDA only
 
 
 def test_bench_without_reference_and_with_options(capsys):
@@ -64,6 +65,11 @@ def test_bench_table_output_and_bad_options(capsys):
     assert main(["bench", "--net", "digits_shallow", "--rules", "bp,nope"]) == 2
     assert "unknown rule 'nope'" in capsys.readouterr().err
     assert main(["bench", "--net", "digits_shallow", "--rules", "bp", "--batch", "0"]) == 2
+    capsys.readouterr()
+    # an option the preset does not take is named, with the ones it does (not a TypeError from the preset function)
+    assert main(["bench", "--net", "cifar10_conv", "--rules", "bp", "--image-size", "16"]) == 2
+    err = capsys.readouterr().err
+    assert "preset 'cifar10_conv' takes no option image_size (its options: classes, width_mult)" in err
 
 
 @pytest.mark.parametrize(("name", "kwargs"), [("digits_deep", {}), ("cifar10_conv", {"width_mult": 0.25})])
@@ -104,3 +110,27 @@ def test_options_are_validated():
     for bad in ({"rules": ()}, {"rules": ("bp", "bp")}, {"steps": 0}, {"net": "cifar11"}, {"check_numerics": "x"}):
         with pytest.raises(ConfigError):
             run(BenchOptions(**bad))
+
+
+@pytest.mark.slow
+def test_cuda_check_script_runs_every_step_on_tiny_settings(tmp_path):
+    # tools/cuda_check.sh is what a session with a lent GPU runs in one call; QUICK=1 DEVICE=cpu runs the same
+    # commands on tiny nets, so the script cannot rot unnoticed between GPU sessions
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OUT": str(tmp_path), "DEVICE": "cpu", "QUICK": "1", "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(root / "tools" / "cuda_check.sh")], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "torch" in (tmp_path / "device.txt").read_text()
+    expected = {"deep": {"bp", "fa", "vgp", "gp"}, "deep_syncs": {"bp", "gp"}, "conv": {"bp", "fa", "gp"}}
+    for name, rules in expected.items():
+        rows = json.loads((tmp_path / f"{name}.json").read_text())
+        assert {r["rule"] for r in rows} == rules
+        assert "ms/step" in (tmp_path / f"{name}.txt").read_text()
+    assert {r["mode"] for r in json.loads((tmp_path / "deep.json").read_text())} == {"fast", "reference"}
+    assert {r["check_numerics"] for r in json.loads((tmp_path / "deep_syncs.json").read_text())} == {"off"}
