@@ -33,7 +33,7 @@ import yaml
 
 from sim.errors import ConfigError, GaitsimError, ShapeError
 from sim.network import LayerSpec, Network, NetworkConfig
-from sim.presets import preset, preset_options
+from sim.presets import check_options, preset
 from sim.rules import RuleSettings, get_rule
 from sim.schedule import NoiseFloor, Scheduler
 
@@ -451,11 +451,9 @@ def _resolve(doc: dict) -> RunConfig:
             raise ConfigError(f"network: give either preset (with its options image_size, width_mult, classes) or "
                               f"an explicit stack (input_shape, classes, layers), not both; drop network."
                               f"{' and network.'.join(mixed)}")
-        takes = preset_options(n["preset"])
         for opt in ("image_size", "width_mult", "classes"):
-            if n.get(opt) is not None and opt not in takes:
-                raise ConfigError(f"network.{opt}: preset {n['preset']!r} takes no option {opt!r} (its options: "
-                                  f"{', '.join(sorted(takes)) or 'none'})")
+            if n.get(opt) is not None:
+                check_options(n["preset"], [opt], where=f"network.{opt}")
         layers = None
     else:
         missing = [k for k in ("input_shape", "classes", "layers") if n.get(k) is None]

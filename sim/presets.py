@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from sim.errors import ConfigError
 from sim.layers.conv import conv_out_size
@@ -37,31 +37,27 @@ def preset(name: str, rule: str | Sequence[str] = "bp", *, settings: dict[str, R
     """The network config of preset ``name`` with one rule everywhere or one rule name per layer."""
     if name not in PRESETS:
         raise ConfigError(f"unknown network preset {name!r}; presets: {', '.join(sorted(PRESETS))}")
-    options = preset_options(name)
-    unknown = sorted(set(kwargs) - set(options))
-    if unknown:
-        raise ConfigError(f"network preset {name!r} takes no option {', '.join(unknown)} (its options: "
-                          f"{', '.join(sorted(options)) or 'none'})")
+    check_options(name, sorted(kwargs))
     rules = rule if isinstance(rule, str) else tuple(rule)
     return PRESETS[name](rules=rules, settings=dict(settings or {}), dtype=dtype, device=device, seed=seed, **kwargs)
 
 
-def preset_options(name: str) -> list[str]:
-    """The extra keyword options preset ``name`` takes (``image_size``, ``width_mult``, ``classes``; the shared
-    ``rules``, ``settings``, ``dtype``, ``device`` and ``seed`` are not listed)."""
+def check_options(name: str, given: Iterable[str], where: str = "network") -> None:
+    """Refuse the options among ``given`` that preset ``name`` does not take (its extra keyword arguments:
+    ``image_size``, ``width_mult``, ``classes``), naming the ones it does; ``where`` starts the message (the config
+    key, for a config file)."""
     params = inspect.signature(PRESETS[name]).parameters.values()
-    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    takes = sorted(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    unknown = [opt for opt in given if opt not in takes]
+    if unknown:
+        raise ConfigError(f"{where}: preset {name!r} takes no option {', '.join(unknown)} (its options: "
+                          f"{', '.join(takes) or 'none'})")
 
 
 def dense_stack(input_shape: tuple[int, ...], widths: Sequence[int], classes: int, **common) -> NetworkConfig:
     """A dense network with the given hidden widths (bottom to top) and a dense output."""
     return NetworkConfig(input_shape=tuple(input_shape), classes=classes,
                          layers=tuple(LayerSpec(width=w) for w in widths), **common)
-
-
-def _no_extra(name: str, kwargs: dict) -> None:
-    if kwargs:
-        raise ConfigError(f"preset {name!r} takes no option(s) {sorted(kwargs)}")
 
 
 @register_preset("cifar10_shallow")
