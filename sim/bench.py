@@ -406,8 +406,7 @@ def _run(opts: BenchOptions, device: torch.device, progress: Callable[[str], Non
                 mm_times[key].append(matmul_seconds(opts.batch, n_mm[case], sched.net.dtype, device))
         if progress:
             progress(f"round {r + 1}/{opts.repeats}: " + ", ".join(
-                f"{c.rule}/{c.mode}{'' if c.tf32 is None else '/tf32' if c.tf32 else ''} "
-                f"{1000 * times[c][-1]:.0f} ms" for c in cases))
+                f"{_label(c.rule, c.mode, c.tf32)} {1000 * times[c][-1]:.0f} ms" for c in cases))
     rows = []
     for case in cases:
         sched, x, y = built[case]
@@ -480,6 +479,11 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
+def _label(rule: str, mode: str, tf32: bool | None) -> str:
+    """A case's short name in progress and summary lines: ``gp/fast``, ``gp/fast/tf32`` with TF32 allowed."""
+    return f"{rule}/{mode}{'/tf32' if tf32 else ''}"
+
+
 def format_table(rows: list[dict]) -> str:
     """A plain-text table of the rows (the non-JSON output)."""
     if not rows:
@@ -514,10 +518,8 @@ def format_table(rows: list[dict]) -> str:
                      f"[{n}, {n}] x [{n}, {n}] {g_s:.1f} GFLOP/s")
     if r0["host_syncs_per_step"] is not None:
         lines.append("host syncs per step: " + ", ".join(
-            f"{r['rule']}/{r['mode']}{'' if r['tf32'] is None else '/tf32' if r['tf32'] else ''} "
-            f"{r['host_syncs_per_step']}" for r in rows))
+            f"{_label(r['rule'], r['mode'], r['tf32'])} {r['host_syncs_per_step']}" for r in rows))
     if r0["epoch_s"] is not None:
         lines.append("epoch of " + f"{r0['epoch_samples']} samples: " + ", ".join(
-            f"{r['rule']}/{r['mode']}{'' if r['tf32'] is None else '/tf32' if r['tf32'] else ''} "
-            f"{r['epoch_s']:.0f} s" for r in rows))
+            f"{_label(r['rule'], r['mode'], r['tf32'])} {r['epoch_s']:.0f} s" for r in rows))
     return "\n".join(lines)
