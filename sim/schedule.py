@@ -229,7 +229,6 @@ class Scheduler:
             raise ConfigError(f"check_numerics must be True, False or one of {NUMERICS_CHECKS}, got {check_numerics!r}")
         #: the numerics-check mode: 'tensor', 'step' or 'off'
         self.numerics = modes[check_numerics]
-        self.check_numerics = self.numerics != "off"
         if isinstance(ortho_every, bool) or not isinstance(ortho_every, int) or ortho_every < 1:
             raise ConfigError(f"ortho_every must be a positive integer (1: every step), got {ortho_every!r}")
         self.ortho_every = ortho_every
@@ -242,6 +241,11 @@ class Scheduler:
                            "name": layer.name})
         self.optimizer = torch.optim.Adam(groups, fused=True) if fused_adam else torch.optim.Adam(groups)
         self.step_count = 0
+
+    @property
+    def check_numerics(self) -> bool:
+        """Whether steps check for NaN/Inf at all (:attr:`numerics` is not 'off')."""
+        return self.numerics != "off"
 
     @property
     def narrow(self) -> list[bool]:
