@@ -10,9 +10,25 @@ from __future__ import annotations
 class GaitsimError(Exception):
     """Base class for every error a user can fix."""
 
+    layer_index: int | None = None
+    """The index (bottom to top, output last) of the layer being built when the error was raised, when known;
+    set by :class:`sim.network.Network`, read by the config loader to name the config key."""
+
 
 class ConfigError(GaitsimError, ValueError):
-    """A configuration value is missing, misspelled or out of range; the message names the key."""
+    """A configuration value is missing, misspelled or out of range; the message names the key, and so does
+    :attr:`key`, so that callers never re-parse the message."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        """The key path of the (first) problem, e.g. ``settings.gp.lr`` or ``studies.quick.experiments.e.run``;
+        None when the problem is not one key's (an unreadable file, a document that is not a mapping)."""
+
+    @classmethod
+    def at(cls, key: str, problem: str) -> ConfigError:
+        """The error ``'<key>: <problem>'`` with :attr:`key` set."""
+        return cls(f"{key}: {problem}", key=key)
 
 
 class ShapeError(GaitsimError, ValueError):

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from sim.activation import LEAKY_RELU, LINEAR
-from sim.errors import ConfigError, ShapeError
+from sim.errors import ConfigError, GaitsimError, ShapeError
 from sim.layers import BUILDERS, Layer
 from sim.rules import Rule, RuleSettings, RuleTable, get_rule
 
@@ -70,8 +70,8 @@ class NetworkConfig:
     def rule_names(self) -> tuple[str, ...]:
         rules = (self.rules,) * self.depth if isinstance(self.rules, str) else tuple(self.rules)
         if len(rules) != self.depth:
-            raise ConfigError(
-                f"rules: {len(rules)} rule names given for a network of {self.depth} layers "
+            raise ConfigError.at(
+                "rules", f"{len(rules)} rule names given for a network of {self.depth} layers "
                 f"({len(self.layers)} hidden + output); give one name or one per layer."
             )
         for r in rules:
@@ -119,33 +119,46 @@ class Network(nn.Module):
         rule_mods: list[Rule] = []
         in_shape = tuple(config.input_shape)
         for i, (spec, rule_name) in enumerate(zip(specs, rules)):
-            is_output = i == len(specs) - 1
-            name = "output" if is_output else f"{spec.kind}{i + 1}"
-            rule_cls = get_rule(rule_name)
-            square = rule_cls.inverts if spec.square is None else spec.square
-            if i == 0:
-                square = False  # the first layer is never inverted
-            if spec.kind not in BUILDERS:
-                raise ConfigError(f"layer {name!r}: unknown kind {spec.kind!r}; known kinds: {sorted(BUILDERS)}")
-            if rule_cls.inverts and not square and i > 0:
-                raise ConfigError(f"layer {name!r}: rule {rule_name!r} inverts its layer, which must be square")
-            layer = BUILDERS[spec.kind](
-                spec, name=name, in_shape=in_shape, square=square,
-                activation=LINEAR if is_output else LEAKY_RELU, dtype=dtype, device=device, generator=w_gen,
-            )
-            aux = layer.out_shape[0] - layer.width
-            if spec.aux is not None and spec.aux != aux:
-                raise ShapeError(
-                    f"layer {name!r}: declared aux={spec.aux} but the layer has {aux} aux units "
-                    f"(reads {math.prod(in_shape)}, forwards {layer.width}, square={square}); the widths do not chain."
-                )
+            try:
+                layer, rule = self._build_layer(i, spec, rule_name, specs, in_shape, table, dtype, device, w_gen,
+                                                fb_gen)
+            except GaitsimError as exc:
+                exc.layer_index = i  # the config loader names the key (network.layers[i] or network.classes)
+                raise
             layers.append(layer)
-            rule_mods.append(rule_cls(layer, table[rule_name], fb_gen))
+            rule_mods.append(rule)
             in_shape = layer.read_shape
         if layers[-1].width != config.classes:
-            raise ShapeError(f"output layer forwards {layers[-1].width} units but there are {config.classes} classes")
+            exc = ShapeError(f"output layer forwards {layers[-1].width} units but there are {config.classes} classes")
+            exc.layer_index = len(specs) - 1
+            raise exc
         self.layers = nn.ModuleList(layers)
         self.rules = nn.ModuleList(rule_mods)
+
+    @staticmethod
+    def _build_layer(i, spec, rule_name, specs, in_shape, table, dtype, device, w_gen, fb_gen) -> tuple[Layer, Rule]:
+        """Layer ``i`` (named ``<kind><i+1>``, or ``output``) and its rule, checked against its neighbours."""
+        is_output = i == len(specs) - 1
+        name = "output" if is_output else f"{spec.kind}{i + 1}"
+        rule_cls = get_rule(rule_name)
+        square = rule_cls.inverts if spec.square is None else spec.square
+        if i == 0:
+            square = False  # the first layer is never inverted
+        if spec.kind not in BUILDERS:
+            raise ConfigError(f"layer {name!r}: unknown kind {spec.kind!r}; known kinds: {sorted(BUILDERS)}")
+        if rule_cls.inverts and not square and i > 0:
+            raise ConfigError(f"layer {name!r}: rule {rule_name!r} inverts its layer, which must be square")
+        layer = BUILDERS[spec.kind](
+            spec, name=name, in_shape=in_shape, square=square,
+            activation=LINEAR if is_output else LEAKY_RELU, dtype=dtype, device=device, generator=w_gen,
+        )
+        aux = layer.out_shape[0] - layer.width
+        if spec.aux is not None and spec.aux != aux:
+            raise ShapeError(
+                f"layer {name!r}: declared aux={spec.aux} but the layer has {aux} aux units "
+                f"(reads {math.prod(in_shape)}, forwards {layer.width}, square={square}); the widths do not chain."
+            )
+        return layer, rule_cls(layer, table[rule_name], fb_gen)
 
     # ----- introspection ------------------------------------------------------------------------------------------
     @property

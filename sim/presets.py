@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from sim.errors import ConfigError
 from sim.layers.conv import conv_out_size
@@ -42,6 +43,16 @@ def preset(name: str, rule: str | Sequence[str] = "bp", *, settings: dict[str, R
     return PRESETS[name](rules=rules, settings=dict(settings or {}), dtype=dtype, device=device, seed=seed, **kwargs)
 
 
+#: the keyword options a preset may take besides the rules and the common settings
+OPTIONS: tuple[str, ...] = ("image_size", "width_mult", "classes")
+
+
+def preset_options(source: object) -> dict[str, Any]:
+    """The preset options (:data:`OPTIONS`) that ``source`` sets, i.e. those not None: ``source`` is a config's
+    network section or the parsed command-line arguments of ``angles`` and ``bench`` (the one place they are built)."""
+    return {k: v for k in OPTIONS if (v := getattr(source, k, None)) is not None}
+
+
 def check_options(name: str, given: Iterable[str], where: str = "network") -> None:
     """Refuse the options among ``given`` that preset ``name`` does not take (its extra keyword arguments:
     ``image_size``, ``width_mult``, ``classes``), naming the ones it does; ``where`` starts the message (the config
@@ -50,8 +61,8 @@ def check_options(name: str, given: Iterable[str], where: str = "network") -> No
     takes = sorted(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
     unknown = [opt for opt in given if opt not in takes]
     if unknown:
-        raise ConfigError(f"{where}: preset {name!r} takes no option {', '.join(unknown)} (its options: "
-                          f"{', '.join(takes) or 'none'})")
+        raise ConfigError.at(where, f"preset {name!r} takes no option {', '.join(unknown)} (its options: "
+                             f"{', '.join(takes) or 'none'})")
 
 
 def dense_stack(input_shape: tuple[int, ...], widths: Sequence[int], classes: int, **common) -> NetworkConfig:

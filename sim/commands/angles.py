@@ -20,7 +20,7 @@ import torch
 from sim.correspondence import compare
 from sim.errors import ConfigError
 from sim.network import Network
-from sim.presets import PRESETS, preset
+from sim.presets import PRESETS, preset, preset_options
 from sim.rules import RULES, get_rule
 from sim.schedule import Scheduler
 
@@ -58,11 +58,6 @@ def load_batch(path: str, batch: int, seed: int, input_shape: tuple[int, ...] | 
     return x, y, ds.classes
 
 
-def preset_kwargs(args: argparse.Namespace) -> dict:
-    kw = {"image_size": args.image_size, "width_mult": args.width_mult, "classes": args.classes}
-    return {k: v for k, v in kw.items() if v is not None}
-
-
 def main(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise ConfigError(f"--batch must be at least 1, got {args.batch}")
@@ -71,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
         get_rule(r)
     names = {rules} if isinstance(rules, str) else set(rules)
     settings = {r: replace(get_rule(r).defaults, arithmetic=args.arithmetic) for r in names}
-    kw = preset_kwargs(args)
+    kw = preset_options(args)
     common = dict(settings=settings, dtype=args.dtype, device=args.device, seed=args.seed)
     x = y = None
     if args.data:

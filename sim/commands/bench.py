@@ -15,7 +15,7 @@ import json
 import sys
 
 from sim.bench import BenchOptions, format_table, run
-from sim.presets import PRESETS
+from sim.presets import PRESETS, preset_options
 from sim.rules import RULES
 from sim.schedule import NUMERICS_CHECKS
 
@@ -59,13 +59,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def options(args: argparse.Namespace) -> BenchOptions:
-    kw = {"image_size": args.image_size, "width_mult": args.width_mult, "classes": args.classes}
     tf32 = {"both": None, "on": (True,), "off": (False,)}[args.tf32]
     return BenchOptions(
         net=args.net, rules=tuple(r.strip() for r in args.rules.split(",") if r.strip()), dtype=args.dtype,
         arithmetic=args.arithmetic, batch=args.batch, steps=args.steps, repeats=args.repeats, warmup=args.warmup,
         device=args.device, reference_cost=args.reference_cost,
-        preset_kwargs={k: v for k, v in kw.items() if v is not None}, check_numerics=args.check_numerics,
+        preset_kwargs=preset_options(args), check_numerics=args.check_numerics,
         fused_adam=not args.no_fused_adam, ortho_every=args.ortho_every, skip_aux=not args.no_skip_aux, tf32=tf32,
         seed=args.seed, threads=args.threads, compile=args.compile)
 

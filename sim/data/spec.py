@@ -24,8 +24,8 @@ SPLITS: tuple[str, ...] = ("train", "test")
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-# Kinds that read from disk and therefore need ``path``.
-_NEEDS_PATH = frozenset({"npz", "cifar10", "imagenet_folder", "imagenet_downsampled"})
+#: Kinds that read from disk and therefore need ``path`` (the others, 'digits' and 'random', are built in).
+NEEDS_PATH = frozenset({"npz", "cifar10", "imagenet_folder", "imagenet_downsampled"})
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,10 @@ class DataSpec:
     """'random': the number of samples per split (default 256). Other kinds: keep only the first ``size`` samples."""
 
     def __post_init__(self) -> None:
+        self._check(require_path=True)
+
+    def _check(self, *, require_path: bool) -> None:
+        """Every check of the fields; the path only with ``require_path`` (a run config may leave it to be set)."""
         if self.kind not in KINDS:
             raise DataError(f"unknown data kind {self.kind!r}; choose one of {', '.join(KINDS)}")
         if self.normalize not in NORMALIZATIONS:
@@ -74,7 +78,7 @@ class DataSpec:
             raise DataError(
                 f"unknown on_bad_image {self.on_bad_image!r}; choose one of {', '.join(BAD_IMAGE_POLICIES)}"
             )
-        if self.kind in _NEEDS_PATH and not self.path:
+        if require_path and self.kind in NEEDS_PATH and not self.path:
             raise DataError(f"data kind {self.kind!r} needs a path (the folder that holds the data)")
         for name in ("image_size", "classes", "size"):
             value = getattr(self, name)
