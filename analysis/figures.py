@@ -27,6 +27,8 @@ import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator as _NullLocator
 
+from sim.study import figures_for
+
 RULE_COLORS = {"bp": "#222222", "fa": "#e07b00", "vgp": "#8a4fbf", "gp": "#1f77b4"}
 #: vGP and GP often coincide: draw vGP dashed with square markers, on top, so that both stay visible
 RULE_LINES = {"vgp": ((0, (4, 2)), "s")}
@@ -312,14 +314,10 @@ FIGURES: dict[str, Callable[[xr.Dataset], Figure]] = {
 
 
 def applicable(ds: xr.Dataset) -> list[str]:
-    """The figures that apply to a study: the three per-experiment figures always, the noise map when the study
-    sweeps ``message_std`` and ``eta``, the mixing figure when it sweeps ``split``."""
-    names = ["angle_layers", "angle_steps", "accuracy"]
-    if "message_std" in ds.coords and "eta" in ds.coords:
-        names.append("noise_map")
-    if "split" in ds.coords:
-        names.append("mixing")
-    return names
+    """The figures that apply to a loaded study, decided by the workflow's own rule (:func:`sim.study.figures_for`
+    of its sweep coordinates): the three per-experiment figures always, the noise map when the study sweeps
+    ``message_std`` and ``eta``, the mixing figure when it sweeps ``split``."""
+    return figures_for(str(c) for c in ds.coords)
 
 
 def save(fig: Figure, path: str | Path, dpi: int = 120) -> Path:

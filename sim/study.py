@@ -1,0 +1,266 @@
+"""The study compiler: a workflow config (``config/*.yaml``) in, the list of its training runs out (docs/workflow.md).
+
+One entry point, :func:`expand`, does everything the workflow decides before any job runs, so it is tested as plain
+Python (tests/test_study.py) instead of through a Snakemake launch; ``workflow/rules/common.smk`` only calls it. For
+every selected study, every run is
+
+    base run config of the experiment (its file, ``{rule}`` filled in, or its inline mapping)
+      <- the dataset's workflow-wide settings (``imagenet_path``, ``cifar10``)
+      <- the study's ``set``  <- the experiment's ``set``  <- the sweep point's values  <- the rules  <- the seed
+
+merged key by key (:func:`deep_merge`: mappings merge, everything else replaces), over the product
+experiments x sweep points (x mixing splits) x rules x seeds, named
+``results/<study>/<experiment>[/<param>~<value>...]/rule~<rule>/seed~<seed>``. :func:`study_figures` decides, once,
+which figures apply to a study; :mod:`analysis.figures` asks :func:`figures_for` the same question of a loaded study.
+
+Validation, once per workflow: :func:`expand` checks each resolved run against the one run schema
+(:func:`sim.config.schema.check_schema`) when asked (``validate=True``, the default: tests, scripts); the workflow
+expands without it (every Snakemake job re-reads the Snakefile) and validates every run once, completely (schema,
+then the checks a schema cannot see), in the study's ``check_configs`` job (:func:`check_runs`), before any training
+job starts. Errors are :class:`~sim.errors.ConfigError` naming the key path in the message and in ``key``.
+
+Imports neither torch nor the simulator's numerics: the DAG is built in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sim.config.schema import check_schema, read_yaml
+from sim.errors import ConfigError
+
+RUN = "results/{study}/{experiment}/rule~{rule}/seed~{seed}"
+RUN_LOGS = "logs/{study}/{experiment}/rule~{rule}/seed~{seed}"
+
+#: the figures every study has, and the sweep figures with the sweep parameters each needs (``split``: rule mixing)
+FIGURES: tuple[str, ...] = ("angle_layers", "angle_steps", "accuracy")
+SWEEP_FIGURES: dict[str, tuple[str, ...]] = {"noise_map": ("message_std", "eta"), "mixing": ("split",)}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of a study: where it goes and its resolved run config."""
+
+    study: str
+    experiment: str
+    """The experiment's name and its sweep point, e.g. ``digits_deep/message_std~0.0001/eta~1e-07``."""
+    label: str
+    """The ``{rule}`` wildcard: a rule name, or ``<below>+<above>`` for a mixture of two."""
+    seed: int
+    config: dict
+    """The resolved run config (a plain dict, as a run config file holds it)."""
+
+    @property
+    def folder(self) -> str:
+        return RUN.format(study=self.study, experiment=self.experiment, rule=self.label, seed=self.seed)
+
+    @property
+    def store(self) -> str:
+        return f"{self.folder}/run.zarr"
+
+
+# ----- merging ------------------------------------------------------------------------------------------------------
+def deep_merge(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` merged in: mappings merge key by key, everything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def set_key(doc: dict, dotted: str, value: Any) -> dict:
+    """``doc`` with the dotted key (e.g. ``settings.gp.eta``) set to ``value``."""
+    head, *rest = dotted.split(".")
+    return deep_merge(doc, {head: value} if not rest else {head: set_key({}, ".".join(rest), value)})
+
+
+def format_value(value: Any) -> str:
+    """A sweep value as it appears in a path (floats round-trip: ``repr(1e-05) == '1e-05'``)."""
+    return repr(value) if isinstance(value, float) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+# ----- the pieces of a run ------------------------------------------------------------------------------------------
+def selected_studies(config: dict) -> list[str]:
+    """The studies named by ``study`` (one name or a list), each checked to be defined under ``studies``."""
+    names = config["study"] if isinstance(config["study"], list) else [config["study"]]
+    unknown = [n for n in names if n not in config["studies"]]
+    if unknown:
+        defined = ", ".join(sorted(config["studies"]))
+        raise ConfigError.at("study", f"study {unknown[0]!r} is not defined under `studies` (defined: {defined}); "
+                                      "pass its config file with --configfile")
+    return names
+
+
+def load_base(spec: str | dict, rule: str, where: str, repo: Path) -> dict:
+    """The experiment's base run config for ``rule``: its file (``{rule}`` filled in, relative to ``repo``) or its
+    inline mapping."""
+    if isinstance(spec, dict):
+        return copy.deepcopy(spec)
+    path = Path(spec.replace("{rule}", rule))
+    doc = read_yaml(path if path.is_absolute() else repo / path, key=f"{where}.run")
+    if not isinstance(doc, dict):
+        raise ConfigError.at(f"{where}.run", f"{path} is not a mapping of run config keys")
+    return doc
+
+
+def imagenet_root(config: dict) -> str | None:
+    """The ImageNet root (``imagenet_path``), checked; None while it is not set."""
+    path = config.get("imagenet_path")
+    if path is None:
+        return None
+    root = Path(path)
+    missing = [sub for sub in ("train", "val") if not (root / sub).is_dir()]
+    if not root.is_dir() or missing:
+        what = "does not exist" if not root.is_dir() else f"has no {' or '.join(f'{s}/' for s in missing)} folder"
+        raise ConfigError.at(
+            "imagenet_path", f"{str(root)!r} {what}. Set imagenet_path to the ImageNet root, the folder that holds "
+            "train/ and val/ with one <wnid>/ folder of *.JPEG per class, e.g. "
+            "`--config imagenet_path=/data/imagenet`, or leave it null (unset) to leave the ImageNet experiments out.")
+    return str(root)
+
+
+def apply_dataset(doc: dict, dataset: str | None, config: dict) -> dict:
+    """``doc`` with the workflow-wide data settings of its dataset (``imagenet_path``, ``cifar10``)."""
+    if dataset == "imagenet":
+        return deep_merge(doc, {"data": {"path": imagenet_root(config)}})
+    if dataset == "cifar10":
+        section = config.get("cifar10") or {}
+        if "kind" in section:  # another source (e.g. the npz copy): its own complete data section
+            return {**doc, "data": copy.deepcopy(section)}
+        return deep_merge(doc, {"data": section})
+    return doc
+
+
+def sweep_points(exp: dict) -> list[tuple[list[str], dict[str, Any]]]:
+    """``([key~value folders], {parameter: value})`` for every sweep point of an experiment (one, without a sweep);
+    a rule mixture sweeps ``split``, the number of layers below the split."""
+    axes = [[(name, v) for v in p["values"]] for name, p in (exp.get("sweep") or {}).items()]
+    if exp.get("mix"):
+        axes.append([("split", s) for s in exp["mix"]["splits"]])
+    return [([f"{name}~{format_value(v)}" for name, v in combo], dict(combo)) for combo in itertools.product(*axes)]
+
+
+def _rules(exp: dict, label: str, split: int | None, where: str) -> str | list[str]:
+    mix = exp.get("mix")
+    if not mix:
+        return label
+    if split > mix["layers"]:
+        raise ConfigError.at(f"{where}.mix.splits", f"split {split} is above the network's {mix['layers']} layers")
+    return [mix["below"]] * split + [mix["above"]] * (mix["layers"] - split)
+
+
+def _sweep_path(exp: dict, param: str, label: str, where: str) -> str:
+    path = exp["sweep"][param]["path"]
+    if isinstance(path, dict):
+        if label not in path:
+            raise ConfigError.at(f"{where}.sweep.{param}.path", f"names no key for rule {label!r}")
+        path = path[label]
+    return path
+
+
+# ----- the entry point ----------------------------------------------------------------------------------------------
+def expand_study(config: dict, study: str, repo: Path, *, validate: bool = True,
+                 note: Callable[[str], None] | None = None) -> list[Run]:
+    """Every run of ``study`` (see :func:`expand`)."""
+    note = note or (lambda message: print(message, file=sys.stderr))
+    spec = config["studies"][study]
+    runs = []
+    for name, exp in spec["experiments"].items():
+        where = f"studies.{study}.experiments.{name}"
+        if exp.get("dataset") == "imagenet" and imagenet_root(config) is None:
+            note(f"note: {where} is left out: it needs ImageNet and `imagenet_path` is not set (e.g. "
+                 "`--config imagenet_path=/data/imagenet`, the folder with train/ and val/)")
+            continue
+        mix = exp.get("mix")
+        labels = [f"{mix['below']}+{mix['above']}"] if mix else exp["rules"]
+        for folders, values in sweep_points(exp):
+            experiment = "/".join([name, *folders])
+            for label in labels:
+                doc = apply_dataset(load_base(exp["run"], mix["above"] if mix else label, where, repo),
+                                    exp.get("dataset"), config)
+                doc = deep_merge(deep_merge(doc, spec.get("set") or {}), exp.get("set") or {})
+                for param, value in values.items():
+                    if param != "split":
+                        doc = set_key(doc, _sweep_path(exp, param, label, where), value)
+                doc["rules"] = _rules(exp, label, values.get("split"), where)
+                for seed in spec.get("seeds", [0]):
+                    run_doc = set_key(doc, "train.seed", seed)
+                    run_doc["name"] = f"{study}/{experiment}/rule~{label}/seed~{seed}"
+                    if validate:
+                        point = f" at sweep point {'/'.join(folders)}" if folders else ""
+                        check_schema(run_doc, f"{where}{point} (rule {label}, seed {seed})")
+                    runs.append(Run(study, experiment, label, seed, run_doc))
+    if not runs:
+        raise ConfigError.at(f"studies.{study}", "has no runs left (see the notes above)")
+    return runs
+
+
+def expand(config: dict, repo: Path, *, validate: bool = True, note: Callable[[str], None] | None = None
+           ) -> list[Run]:
+    """Every run of the selected studies (``config['study']``), run configs resolved (see the module docstring).
+
+    Args:
+        config: the workflow config, validated by ``workflow/schemas/config.schema.yaml`` (defaults filled in).
+        repo: the folder that relative run config paths (``configs/...``) start from.
+        validate: check every resolved run against the run schema (the workflow leaves this to check_configs).
+        note: called with each note (an experiment left out); default: print to stderr.
+
+    Raises:
+        ConfigError: naming the key path (message and ``key``): of the workflow config (e.g.
+            ``studies.s.experiments.e.mix.splits``), or, for a run that fails the run schema, of the run config
+            (e.g. ``train.epoch``) with the run named in the message.
+    """
+    return [run for study in selected_studies(config)
+            for run in expand_study(config, study, repo, validate=validate, note=note)]
+
+
+# ----- which figures apply ------------------------------------------------------------------------------------------
+def figures_for(swept: Iterable[str]) -> list[str]:
+    """The figures that apply to runs that sweep the parameters ``swept``: :data:`FIGURES` always, each of
+    :data:`SWEEP_FIGURES` when every parameter it needs is swept."""
+    swept = set(swept)
+    return [*FIGURES, *(name for name, needs in SWEEP_FIGURES.items() if swept.issuperset(needs))]
+
+
+def study_figures(study: dict) -> list[str]:
+    """The figures that apply to a study (one entry of ``studies``): those of any of its experiments."""
+    names = {name for exp in study["experiments"].values()
+             for name in figures_for([*(exp.get("sweep") or {}), *(["split"] if exp.get("mix") else [])])}
+    return [name for name in (*FIGURES, *SWEEP_FIGURES) if name in names]
+
+
+# ----- the check_configs step and the run_config files --------------------------------------------------------------
+def check_runs(docs: dict[str, dict]) -> dict[str, dict]:
+    """Validate run configs completely (schema, then what a schema cannot see: :func:`sim.config.validate_config`;
+    imports torch) and return them resolved, by folder. Every problem of every run is collected first: the
+    ConfigError lists them all, each with its run folder (``key``: the first one's key)."""
+    from sim.config.load import validate_config
+
+    resolved, problems = {}, []
+    for folder, doc in docs.items():
+        try:
+            resolved[folder] = validate_config(dict(doc), source=f"{folder}/config.yaml").to_dict()
+        except ConfigError as exc:
+            problems.append(exc)
+    if problems:
+        raise ConfigError(f"{len(problems)} of {len(docs)} run configs are invalid:\n"
+                          + "\n".join(f"  - {p}" for p in problems), key=problems[0].key)
+    return resolved
+
+
+def write_run_config(path: str | Path, run: dict) -> None:
+    """Write one run's resolved config as an ordinary run config file (a rerun by hand: ``python -m sim run``)."""
+    header = (f"# Run {run['name']}, resolved by the workflow (docs/workflow.md).\n"
+              f"# By hand: python -m sim run {path} --out {Path(path).with_name('run.zarr')}\n")
+    Path(path).write_text(header + yaml.safe_dump(dict(run), sort_keys=False), encoding="utf-8")
