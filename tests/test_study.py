@@ -1,0 +1,234 @@
+"""The study compiler (sim.study, docs/workflow.md) as plain Python: the shipped studies expanded into runs, merging,
+sweeps, rule mixing, dataset paths, per-run validation naming the key, which figures apply, and no torch import.
+
+The workflow config is built as Snakemake builds it (config/config.yaml, then each --configfile merged over it, then
+validated by workflow/schemas/config.schema.yaml with its defaults filled in); tests/test_workflow.py keeps the
+Snakemake launches (lint, one dry run, the tiny real run) as smoke tests.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sim.config.schema import read_yaml
+from sim.errors import ConfigError
+from sim.study import (
+    check_runs,
+    deep_merge,
+    expand,
+    figures_for,
+    format_value,
+    set_key,
+    study_figures,
+    write_run_config,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def workflow_config(*files: str, **overrides) -> dict:
+    """The workflow config of ``snakemake --configfile config/<file>.yaml ... --config key=value ...``."""
+    from snakemake.utils import validate
+
+    config = read_yaml(REPO / "config" / "config.yaml")
+    for name in files:
+        config = deep_merge(config, read_yaml(REPO / "config" / f"{name}.yaml"))
+    config = deep_merge(config, overrides)
+    validate(config, str(SCHEMA))
+    return config
+
+
+def bad_study(experiment: dict, **study) -> dict:
+    """A workflow config with the one study 'bad' of one experiment 'e' on the shallow digits net."""
+    exp = {"run": "configs/digits_shallow_{rule}.yaml", "rules": ["bp", "gp"], **experiment}
+    return workflow_config(study="bad", studies={"bad": {**study, "experiments": {"e": exp}}})
+
+
+def folders(runs) -> set[str]:
+    return {run.folder for run in runs}
+
+
+# ----- the shipped studies ------------------------------------------------------------------------------------------
+def test_default_study_expands_into_its_runs():
+    config = workflow_config()
+    runs = expand(config, REPO)
+    assert len(runs) == 16  # {shallow, deep} x {bp, fa, vgp, gp} x 2 seeds
+    assert "results/quick/digits_deep/rule~vgp/seed~1" in folders(runs)
+    run = next(r for r in runs if r.folder == "results/quick/digits_deep/rule~vgp/seed~1")
+    assert run.store.endswith("/run.zarr")
+    assert run.config["rules"] == "vgp" and run.config["train"]["seed"] == 1
+    assert run.config["name"] == "quick/digits_deep/rule~vgp/seed~1"
+    assert study_figures(config["studies"]["quick"]) == ["angle_layers", "angle_steps", "accuracy"]
+
+
+def test_paper_study_without_and_with_imagenet(tmp_path):
+    notes = []
+    runs = expand(workflow_config("paper"), REPO, note=notes.append)
+    assert len(runs) == 8  # CIFAR-10 shallow and deep x 4 rules
+    assert any("imagenet_conv is left out" in n and "imagenet_path" in n for n in notes)
+    imagenet = tmp_path / "imagenet"
+    for split in ("train", "val"):
+        (imagenet / split / "n01440764").mkdir(parents=True)
+    cifar = {"kind": "npz", "path": "/data/cifar10"}
+    runs = expand(workflow_config("paper", imagenet_path=str(imagenet), cifar10=cifar), REPO)
+    assert len(runs) == 11  # + the ImageNet conv net x {bp, fa, gp}
+    by_folder = {r.folder: r for r in runs}
+    assert "results/paper/imagenet_conv/rule~fa/seed~0" in by_folder
+    assert not any("imagenet_conv/rule~vgp" in f for f in by_folder)
+    assert by_folder["results/paper/imagenet_conv/rule~fa/seed~0"].config["data"]["path"] == str(imagenet)
+    cifar_runs = [r for r in runs if "imagenet" not in r.folder]
+    assert all(r.config["data"] == cifar for r in cifar_runs)  # another source: its own complete data section
+
+
+def test_beyond_paper_studies_together():
+    config = workflow_config("noise", "arithmetic", "mixing", study=["noise", "arithmetic", "mixing"])
+    runs = expand(config, REPO)
+    count = {s: sum(r.study == s for r in runs) for s in ("noise", "arithmetic", "mixing")}
+    # noise: 4 message stds x 4 etas x {vgp, gp}; arithmetic: {difference, target} x {float32, float64} x {vgp, gp}
+    # x 2 seeds; mixing: 8 split depths x 2 seeds
+    assert count == {"noise": 32, "arithmetic": 16, "mixing": 16}
+    for folder in ("noise/digits_deep/message_std~0.0001/eta~1e-07/rule~vgp/seed~0",
+                   "arithmetic/digits_deep/arithmetic~target/dtype~float64/rule~gp/seed~1",
+                   "mixing/digits_deep/split~3/rule~fa+gp/seed~1"):
+        assert f"results/{folder}" in folders(runs)
+    figures = {s: study_figures(config["studies"][s]) for s in count}
+    assert figures["noise"][-1] == "noise_map" and "mixing" not in figures["noise"]
+    assert figures["mixing"][-1] == "mixing" and "noise_map" not in figures["mixing"]
+    assert figures["arithmetic"] == ["angle_layers", "angle_steps", "accuracy"]
+
+
+# ----- merging, sweeps, mixing --------------------------------------------------------------------------------------
+def test_merge_and_set_key():
+    base = {"train": {"epochs": 5, "seed": 0}, "rules": "gp"}
+    assert deep_merge(base, {"train": {"epochs": 1}, "rules": ["bp", "gp"]}) == {
+        "train": {"epochs": 1, "seed": 0}, "rules": ["bp", "gp"]}
+    assert base == {"train": {"epochs": 5, "seed": 0}, "rules": "gp"}  # not modified
+    assert set_key({}, "settings.gp.eta", 0.1) == {"settings": {"gp": {"eta": 0.1}}}
+    assert [format_value(v) for v in (1e-05, True, 3, "target")] == ["1e-05", "true", "3", "target"]
+
+
+def test_set_order_base_then_study_then_experiment_then_sweep_then_seed():
+    config = bad_study({"set": {"train": {"epochs": 3, "batch_size": 8}},
+                        "sweep": {"bs": {"path": "train.batch_size", "values": [4, 16]}}},
+                       seeds=[7], set={"train": {"epochs": 2}, "data": {"size": 100}})
+    runs = expand(config, REPO)
+    assert folders(runs) == {f"results/bad/e/bs~{b}/rule~{r}/seed~7" for b in (4, 16) for r in ("bp", "gp")}
+    for run in runs:
+        train = run.config["train"]
+        assert train["epochs"] == 3 and train["seed"] == 7 and run.config["data"]["size"] == 100
+        assert train["batch_size"] == int(run.experiment.split("~")[1])
+        assert run.config["network"] == {"preset": "digits_shallow"}  # from the base file
+
+
+def test_sweep_path_per_rule():
+    runs = expand(workflow_config("noise"), REPO)
+    gp = next(r for r in runs if r.label == "gp" and r.experiment.endswith("eta~0.001"))
+    vgp = next(r for r in runs if r.label == "vgp" and r.experiment.endswith("eta~0.001"))
+    assert gp.config["settings"]["gp"]["eta"] == 1e-3 and vgp.config["settings"]["vgp"]["gamma"] == 1e-3
+    config = bad_study({"sweep": {"eta": {"path": {"gp": "settings.gp.eta"}, "values": [0.1]}}})
+    with pytest.raises(ConfigError, match=r"sweep\.eta\.path: names no key for rule 'bp'") as err:
+        expand(config, REPO)
+    assert err.value.key == "studies.bad.experiments.e.sweep.eta.path"
+
+
+def test_mixing_assigns_rules_per_layer():
+    runs = expand(workflow_config("mixing"), REPO)
+    split3 = next(r for r in runs if r.experiment == "digits_deep/split~3")
+    assert split3.label == "fa+gp" and split3.config["rules"] == ["fa"] * 3 + ["gp"] * 4
+    config = bad_study({"run": "configs/digits_shallow_gp.yaml",
+                        "mix": {"below": "fa", "above": "gp", "layers": 4, "splits": [0, 5]}})
+    config["studies"]["bad"]["experiments"]["e"].pop("rules")
+    with pytest.raises(ConfigError, match="split 5 is above the network's 4 layers") as err:
+        expand(config, REPO)
+    assert err.value.key == "studies.bad.experiments.e.mix.splits"
+
+
+# ----- errors name the key ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("change", "key", "message"), [
+    ({"train": {"epoch": 1}}, "train.epoch", "train: unknown key 'epoch' (did you mean 'epochs'?)"),
+    ({"settings": {"gp": {"lr": -1}}}, "settings.gp.lr",
+     "settings.gp.lr: -1 is less than or equal to the minimum of 0"),
+    ({"data": {"kind": "mnist"}}, "data.kind", "data.kind: 'mnist' is not one of"),
+])
+def test_each_run_is_checked_against_the_run_schema(change, key, message):
+    config = bad_study({"set": change})
+    with pytest.raises(ConfigError) as err:
+        expand(config, REPO)
+    assert err.value.key == key
+    assert message in str(err.value) and "studies.bad.experiments.e (rule bp, seed 0)" in str(err.value)
+    assert len(expand(config, REPO, validate=False)) == 2  # the workflow leaves it to check_configs
+
+
+def test_workflow_level_errors_name_the_key(tmp_path):
+    config = workflow_config()
+    with pytest.raises(ConfigError, match="study 'nope' is not defined under `studies`") as err:
+        expand({**config, "study": "nope"}, REPO)
+    assert err.value.key == "study"
+    with pytest.raises(ConfigError, match="does not exist") as err:
+        expand(bad_study({"run": "configs/nowhere_{rule}.yaml"}), REPO)
+    assert err.value.key == "studies.bad.experiments.e.run"
+    with pytest.raises(ConfigError, match="does not exist. Set imagenet_path to the ImageNet root") as err:
+        expand(workflow_config("paper", imagenet_path=str(tmp_path / "nowhere")), REPO)
+    assert err.value.key == "imagenet_path"
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(ConfigError, match="has no train/ or val/ folder"):
+        expand(workflow_config("paper", imagenet_path=str(tmp_path / "flat")), REPO)
+
+
+def test_the_workflow_schema_refuses_study_mistakes():
+    from snakemake.exceptions import WorkflowError
+
+    with pytest.raises(WorkflowError, match="'seed' was unexpected"):
+        workflow_config(study="bad", studies={"bad": {"seed": [1], "experiments": {"e": {"run": "x.yaml"}}}})
+    with pytest.raises(WorkflowError, match="gpp"):
+        workflow_config(study="bad", studies={"bad": {"experiments": {"e": {"run": "x.yaml", "rules": ["gpp"]}}}})
+
+
+def test_check_runs_finds_what_the_schema_cannot_see(tmp_path):
+    """The check_configs step: every run validated completely, every problem listed with its run folder."""
+    runs = expand(bad_study({"set": {"record": {"probe_epochs": [9]}}}), REPO)  # schema-valid
+    with pytest.raises(ConfigError) as err:
+        check_runs({r.folder: r.config for r in runs})
+    msg = str(err.value)
+    assert msg.startswith("2 of 2 run configs are invalid")
+    assert ("results/bad/e/rule~bp/seed~0/config.yaml: record.probe_epochs: epoch(s) [9] come after the last epoch "
+            "(train.epochs = 5)") in msg
+    assert err.value.key == "record.probe_epochs"
+    good = expand(workflow_config("test"), REPO)
+    resolved = check_runs({r.folder: r.config for r in good})
+    assert resolved[good[0].folder]["data"]["size"] == 200
+    path = tmp_path / "config.yaml"
+    write_run_config(path, good[0].config)
+    assert yaml.safe_load(path.read_text()) == good[0].config
+
+
+# ----- which figures apply ------------------------------------------------------------------------------------------
+def test_figures_for_the_swept_parameters():
+    base = ["angle_layers", "angle_steps", "accuracy"]
+    assert figures_for([]) == base
+    assert figures_for(["message_std"]) == base
+    assert figures_for(["eta", "message_std", "seed"]) == [*base, "noise_map"]
+    assert figures_for(["split"]) == [*base, "mixing"]
+    from analysis.figures import FIGURES
+
+    assert set(FIGURES) == set(figures_for(["message_std", "eta", "split"]))
+
+
+# ----- torch-free ---------------------------------------------------------------------------------------------------
+def test_the_study_compiler_does_not_import_torch():
+    code = ("import sys; from pathlib import Path; import sim, sim.study, sim.config.schema\n"
+            "from sim.study import expand\n"
+            f"cfg = {{'study': 'q', 'studies': {{'q': {{'seeds': [0], 'experiments': {{'e': {{"
+            f"'run': 'configs/digits_shallow_{{rule}}.yaml', 'rules': ['bp']}}}}}}}}}}\n"
+            f"assert len(expand(cfg, Path({str(REPO)!r}))) == 1\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "from sim import ConfigError, Network\n"
+            "assert 'torch' in sys.modules\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
