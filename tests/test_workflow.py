@@ -1,6 +1,7 @@
-"""The Snakemake workflow (docs/workflow.md): dry runs of every study, lint, the slurm profile, bad input stopped
-before any job, and a full run of the tiny CI study (config/test.yaml) with its stores, figures, table, notebook and
-report.
+"""The Snakemake workflow as smoke tests (docs/workflow.md): lint, one dry run of the default study, the profiles,
+a bad run config stopped by check_configs before any job, and a full run of the tiny CI study (config/test.yaml)
+with its stores, figures, table, notebook and report. What the studies expand into (every study, sweeps, mixing,
+dataset paths, errors naming the key, the figures that apply) is tested without Snakemake in tests/test_study.py.
 
 Every invocation runs in a temporary working directory (``--directory``), so nothing lands in the repository and
 concurrent test runs do not share Snakemake's lock.
@@ -70,42 +71,7 @@ def test_lint_is_clean(tmp_path):
     assert "Lints for" not in out.stdout
 
 
-def test_paper_study_dry_run(tmp_path):
-    out = snakemake(tmp_path, "-n", "--configfile", config("paper"))
-    assert out.returncode == 0, out.stdout
-    assert job_counts(out.stdout)["train"] == 8  # CIFAR-10 shallow and deep x 4 rules
-    assert "imagenet_conv is left out" in out.stdout and "imagenet_path" in out.stdout
-    imagenet = tmp_path / "imagenet"
-    for split in ("train", "val"):
-        (imagenet / split / "n01440764").mkdir(parents=True)
-    out = snakemake(tmp_path, "-n", "--configfile", config("paper"), "--config", f"imagenet_path={imagenet}",
-                    "cifar10={kind: npz, path: /work/shared/data/cifar10}")
-    assert out.returncode == 0, out.stdout
-    assert job_counts(out.stdout)["train"] == 11  # + the ImageNet conv net x {bp, fa, gp}
-    assert "results/paper/imagenet_conv/rule~fa/seed~0/run.zarr" in out.stdout
-    assert "imagenet_conv/rule~vgp" not in out.stdout
-    assert "resources: tmpdir=/tmp, gpu=1" in out.stdout  # device auto: GPU jobs
-
-
-def test_beyond_paper_studies_dry_run(tmp_path):
-    """The three studies beyond the paper, each its own config file, selected together in one invocation."""
-    out = snakemake(tmp_path, "-n", "--configfile", config("noise"), config("arithmetic"), config("mixing"),
-                    "--config", "study=[noise, arithmetic, mixing]")
-    assert out.returncode == 0, out.stdout
-    counts = job_counts(out.stdout)
-    # noise: 4 message stds x 4 etas x {vgp, gp}; arithmetic: {difference, target} x {float32, float64} x {vgp, gp}
-    # x 2 seeds; mixing: 8 split depths x 2 seeds
-    assert counts["train"] == 32 + 16 + 16
-    assert counts["figures"] == 3 and counts["table"] == 3 and counts["check_configs"] == 3
-    assert counts["figure_noise_map"] == 1 and counts["figure_mixing"] == 1
-    for store in ("noise/digits_deep/message_std~0.0001/eta~1e-07/rule~vgp/seed~0",
-                  "arithmetic/digits_deep/arithmetic~target/dtype~float64/rule~gp/seed~1",
-                  "mixing/digits_deep/split~3/rule~fa+gp/seed~1"):
-        assert f"results/{store}/run.zarr" in out.stdout
-    for figure in ("noise/figures/noise_map.png", "mixing/figures/mixing.png", "arithmetic/figures/angle_layers.png"):
-        assert f"results/{figure}" in out.stdout
-
-
+@pytest.mark.slow
 def test_slurm_profile_dry_run(tmp_path):
     profile = REPO / "workflow" / "profiles" / "slurm"
     out = snakemake(tmp_path, "-n", "--workflow-profile", str(profile))
@@ -116,6 +82,7 @@ def test_slurm_profile_dry_run(tmp_path):
     assert len(train_resources) == 16 and all("gpu=1" in r and "cpus_per_gpu=8" in r for r in train_resources)
 
 
+@pytest.mark.slow
 def test_default_profile_dry_run(tmp_path):
     out = snakemake(tmp_path, "-n", "--workflow-profile", str(REPO / "workflow" / "profiles" / "default"))
     assert out.returncode == 0, out.stdout
@@ -123,43 +90,20 @@ def test_default_profile_dry_run(tmp_path):
 
 
 # ----- bad input ----------------------------------------------------------------------------------------------------
-BAD_CONFIGS = {
-    "misspelled run key": ("set: {train: {epoch: 1}}", "train: unknown key 'epoch' (did you mean 'epochs'?)"),
-    "unknown rule": ("rules: [bp, gpp]", "'gpp' is not one of ['bp', 'fa', 'gp', 'vgp']"),
-    "bad value": ("set: {settings: {gp: {lr: -1}}}", "settings.gp.lr: -1 is less than or equal to the minimum of 0"),
-    "misspelled study key": ("seed: [1]", "('seed' was unexpected)"),
-    # beyond the schema: found by sim.config.load_config in the study's check_configs job, before any training
-    "probe after the last epoch": ("set: {record: {probe_epochs: [9]}}",
-                                   "record.probe_epochs: epoch(s) [9] come after the last epoch (train.epochs = 5)"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
-def test_bad_config_stops_before_any_job(tmp_path, case):
-    change, message = BAD_CONFIGS[case]
-    where = "study" if case == "misspelled study key" else "experiment"
-    study = f"    {change}\n" if where == "study" else ""
-    experiment = f"        {change}\n" if where == "experiment" else ""
-    if "rules:" not in change:
-        experiment += "        rules: [bp, gp]\n"
+@pytest.mark.slow
+def test_bad_run_config_stops_before_any_job(tmp_path):
+    """Beyond the schema (the run schema is tests/test_study.py's): found by the study's check_configs job, the one
+    place a workflow validates its runs, before any training job or run config file."""
     bad = tmp_path / "bad.yaml"
-    bad.write_text("study: bad\nstudies:\n  bad:\n" + study + "    experiments:\n      e:\n"
-                   "        run: configs/digits_shallow_{rule}.yaml\n" + experiment)
+    bad.write_text("study: bad\nstudies:\n  bad:\n    experiments:\n      e:\n"
+                   "        run: configs/digits_shallow_{rule}.yaml\n        rules: [bp, gp]\n"
+                   "        set: {record: {probe_epochs: [9]}}\n")
     out = snakemake(tmp_path, "--cores", "1", "--configfile", str(bad))
     assert out.returncode != 0
-    assert message in out.stdout, out.stdout
+    assert "2 of 2 run configs are invalid" in out.stdout, out.stdout
+    assert "record.probe_epochs: epoch(s) [9] come after the last epoch (train.epochs = 5)" in out.stdout
     assert not list(tmp_path.rglob("*.zarr*")) and not list(tmp_path.rglob("train.log"))
     assert not list(tmp_path.rglob("config.yaml"))
-
-
-def test_missing_imagenet_path_says_what_to_set(tmp_path):
-    out = snakemake(tmp_path, "-n", "--configfile", config("paper"), "--config",
-                    f"imagenet_path={tmp_path / 'nowhere'}")
-    assert out.returncode != 0
-    assert "does not exist. Set imagenet_path to the ImageNet root" in out.stdout
-    (tmp_path / "flat").mkdir()
-    out = snakemake(tmp_path, "-n", "--configfile", config("paper"), "--config", f"imagenet_path={tmp_path / 'flat'}")
-    assert out.returncode != 0 and "has no train/ or val/ folder" in out.stdout
 
 
 # ----- the tiny study, run for real -----------------------------------------------------------------------------------
@@ -180,6 +124,7 @@ def open_store(path: Path):
         return xr.open_zarr(path)
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_every_store(tiny_run):
     from sim.config import load_config
 
@@ -199,6 +144,7 @@ def test_tiny_run_writes_every_store(tiny_run):
             assert "is complete" in log.read_text()
 
 
+@pytest.mark.slow
 def test_tiny_run_figures_and_table(tiny_run):
     results = tiny_run / "results" / "test"
     for name in ("angle_layers", "angle_steps", "accuracy"):
@@ -212,6 +158,7 @@ def test_tiny_run_figures_and_table(tiny_run):
     assert "| digits_shallow | bp | 2 | 1 | top1 |" in md and "| digits_shallow | gp | 2 | 1 | top1 |" in md
 
 
+@pytest.mark.slow
 def test_tiny_run_is_up_to_date_and_reports(tiny_run):
     out = snakemake(tiny_run, "-n", "--configfile", config("test"))
     assert out.returncode == 0 and "Nothing to be done" in out.stdout, out.stdout
@@ -220,6 +167,7 @@ def test_tiny_run_is_up_to_date_and_reports(tiny_run):
     assert (tiny_run / "report.html").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_notebook_executes_on_the_tiny_run(tiny_run, monkeypatch):
     import nbclient
     import nbformat
