@@ -16,7 +16,7 @@ min_version("9.0")
 configfile: f"{workflow.basedir}/config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")  # the run sections: common.smk, sim/schema/run.schema.json
+validate(config, "workflow/schemas/config.schema.yaml")  # each run: once, by check_configs (sim.study.check_runs)
 
 
 report: "workflow/report/workflow.rst"

@@ -309,3 +309,36 @@ def test_layers_that_do_not_fit_are_refused_without_building_anything(tiny_confi
                         no_real_tensors())
     cfg = load_config(tiny_config(network={"preset": "cifar10_deep"}, train={"device": "cuda"}))
     assert cfg.train.device == "cuda"
+
+
+@pytest.mark.parametrize("change, key", [
+    (lambda d: d["train"].update(epoch=2), "train.epoch"),
+    (lambda d: d["train"].pop("epochs"), "train.epochs"),
+    (lambda d: d["settings"]["gp"].update(lr=-1), "settings.gp.lr"),
+    (lambda d: d.update(noise={"message_std": [0.0, float("nan"), 0.0, 0.0]}), "noise.message_std[1]"),
+    (lambda d: d["network"].update(image_size=32), "network.image_size"),
+    (lambda d: d.update(rules=["gp", "gp"]), "rules"),
+    (lambda d: d["record"].update(probe_epochs=[0, 9]), "record.probe_epochs"),
+    (lambda d: d.update(network={"input_shape": [1, 8, 8], "classes": 10, "layers": [{"width": 32}, {"width": 64}]}),
+     "network.layers[1]"),
+    (lambda d: d.update(network={"input_shape": [1, 8, 8], "classes": 10, "layers": [{"width": 64}, {"width": 8}]}),
+     "network.classes"),
+    (lambda d: d["data"].update(kind="random"), "data"),
+])
+def test_the_error_names_its_key_as_a_field(tiny_config, change, key):
+    """ConfigError.key is the key path the message starts with (after the source): callers never parse messages."""
+    doc = tiny_config()
+    change(doc)
+    with pytest.raises(ConfigError) as info:
+        load_config(doc)
+    assert info.value.key == key
+    assert str(info.value).startswith((f"config: {key}", "config: "))
+    assert key.split("[")[0].rsplit(".", 1)[0] in str(info.value)
+
+
+def test_a_data_path_left_unset_is_refused_naming_data_path():
+    cfg = load_config({"network": {"preset": "digits_shallow"}, "rules": "bp", "data": {"kind": "npz"},
+                       "train": {"epochs": 1}})
+    with pytest.raises(ConfigError) as info:
+        cfg.data.spec()
+    assert info.value.key == "data.path"

@@ -154,9 +154,9 @@ def _keyed(exc: GaitsimError, network: NetworkSection | None) -> ConfigError:
     """A network problem as a ConfigError naming its key: the error's own key (e.g. ``rules``), else the layer of
     an explicit stack it was raised in (``network.layers[i]``, or ``network.classes`` for the output layer), else
     ``network``."""
-    msg, key = str(exc), getattr(exc, "key", None)
-    if key is None and network is not None and network.layers is not None and exc.layer_index is not None:
+    if getattr(exc, "key", None) is not None:
+        return ConfigError(str(exc), key=exc.key)  # a keyed error: its message starts with its key already
+    if network is not None and network.layers is not None and exc.layer_index is not None:
         key = f"network.layers[{exc.layer_index}]" if exc.layer_index < len(network.layers) else "network.classes"
-    if key is None:
-        return ConfigError.at("network", msg)
-    return ConfigError(msg if msg.startswith(key) else f"{key}: {msg}", key=key)
+        return ConfigError.at(key, str(exc))
+    return ConfigError.at("network", str(exc))
