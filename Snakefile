@@ -4,7 +4,8 @@
 #   snakemake --cores all --configfile config/paper.yaml    # the paper's CIFAR-10 (and ImageNet) runs
 #   snakemake --report report.html                          # figures and table with captions
 #
-# Wiring only: the helpers live in workflow/rules/common.smk, one stage per workflow/rules/*.smk.
+# Wiring only: the input functions live in workflow/rules/common.smk (the studies are expanded by sim/study.py),
+# one stage per workflow/rules/*.smk.
 
 from snakemake.utils import min_version, validate
 

@@ -1,6 +1,6 @@
 # Figures of a study, drawn from all of its run stores (analysis.figures). The three figures every study has come
 # from one job (one load of the stores); the sweep figures apply only to the studies that sweep what they show
-# (study_figures() in common.smk).
+# (sim.study.study_figures, called by final_targets in common.smk).
 
 
 rule figures:
