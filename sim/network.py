@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from sim.activation import LEAKY_RELU, LINEAR
 from sim.errors import ConfigError, ShapeError
 from sim.layers import BUILDERS, Layer
-from sim.rules import Rule, RuleSettings, RuleTable, get_rule
+from sim.rules import Rule, RuleSettings, get_rule
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -110,7 +110,6 @@ class Network(nn.Module):
         self.classes = config.classes
         dtype = DTYPES[config.dtype]
         rules = config.rule_names()
-        table = RuleTable(dict(config.settings))
         w_seed, fb_seed = seed_streams(config.seed, 2)
         w_gen = torch.Generator().manual_seed(w_seed)
         fb_gen = torch.Generator().manual_seed(fb_seed)
@@ -140,7 +139,7 @@ class Network(nn.Module):
                     f"(reads {math.prod(in_shape)}, forwards {layer.width}, square={square}); the widths do not chain."
                 )
             layers.append(layer)
-            rule_mods.append(rule_cls(layer, table[rule_name], fb_gen))
+            rule_mods.append(rule_cls(layer, config.settings.get(rule_name, rule_cls.defaults), fb_gen))
             in_shape = layer.read_shape
         if layers[-1].width != config.classes:
             raise ShapeError(f"output layer forwards {layers[-1].width} units but there are {config.classes} classes")
