@@ -79,7 +79,7 @@ def test_paper_study_dry_run(tmp_path):
     for split in ("train", "val"):
         (imagenet / split / "n01440764").mkdir(parents=True)
     out = snakemake(tmp_path, "-n", "--configfile", config("paper"), "--config", f"imagenet_path={imagenet}",
-                    "cifar10={kind: npz, path: /work/shared/data/cifar10}")
+                    "cifar10={kind: npz, path: data/cifar10_npz}")
     assert out.returncode == 0, out.stdout
     assert job_counts(out.stdout)["train"] == 11  # + the ImageNet conv net x {bp, fa, gp}
     assert "results/paper/imagenet_conv/rule~fa/seed~0/run.zarr" in out.stdout
