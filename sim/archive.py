@@ -3,11 +3,17 @@
 The store is written with zarr directly, in the layout xarray reads (``dimension_names`` on every array, non-index
 coordinates listed in each variable's ``coordinates`` attribute), so ``xr.open_zarr(store)`` gives a Dataset with
 
-* dims ``step`` (global optimizer step, 0-based), ``epoch`` (1-based), ``layer``, ``checkpoint`` (epochs at which
-  the probe batch was recorded, 0 = before training), ``probe`` (sample in the probe batch) and one set of unit dims
-  per layer (``unit_<layer>`` for dense layers, ``channel_/row_/col_<layer>`` for conv layers);
+* dims ``step`` (global optimizer step, 0-based), ``epoch`` (1-based), ``layer``, ``probe_epoch`` (the epochs
+  after which the probe batch was recorded, 0 = before training; coordinate ``probe_step``: steps taken by then),
+  ``sample`` (sample of the probe batch) and one set of unit dims per layer (``unit_<layer>`` for dense layers,
+  ``channel_/row_/col_<layer>`` for conv layers);
 * per step ``loss``, ``angle(step, layer)``, ``batch_size``; per epoch ``train_top1`` ... ``test_loss``,
-  ``ortho_error(epoch, layer)``, ``epoch_wall_s``; per checkpoint ``activity_<layer>`` and ``target_<layer>``.
+  ``ortho_error(epoch, layer)``, ``epoch_wall_s``; per probe record ``activity_<layer>`` and ``target_<layer>``
+  ``(probe_epoch, sample, unit...)``; per sample ``probe_label``.
+
+"Checkpoint" means only resumable state (:mod:`sim.checkpoint`, ``STORE/_checkpoints/``). Stores written before
+the probe records were renamed (dims ``checkpoint`` and ``probe``, coordinate ``checkpoint_step``) read with the new
+names through :func:`open_run`; they cannot be resumed (:data:`OLD_NAMES`).
 
 **Growing safely.** Rows are appended per epoch: every array of a dim is resized and written, then :meth:`commit`
 rewrites the consolidated metadata in the root ``zarr.json`` (one atomic file replace). Readers use the consolidated
@@ -47,11 +53,14 @@ import zarr
 from sim import faults
 from sim.errors import GaitsimError
 
-#: rows per chunk along ``epoch`` and ``checkpoint`` (coordinates); a step chunk holds one epoch's steps
+#: rows per chunk along ``epoch`` and ``probe_epoch`` (coordinates); a step chunk holds one epoch's steps
 EPOCH_CHUNK = 64
 
 #: the growing dims, in the order of :class:`Lengths`
-GROWING = ("step", "epoch", "checkpoint")
+GROWING = ("step", "epoch", "probe_epoch")
+
+#: old name -> name, for stores written before "checkpoint" came to mean only resumable state
+OLD_NAMES = {"checkpoint": "probe_epoch", "checkpoint_step": "probe_step", "probe": "sample"}
 
 #: what a layer name must look like to become part of variable and dim names (no path separators, no dots)
 SAFE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
@@ -116,7 +125,8 @@ class Lengths:
 
     steps: int
     epochs: int
-    checkpoints: int
+    probes: int
+    """Probe records (rows along ``probe_epoch``)."""
 
 
 _FILL = {"f": math.nan, "i": -1, "b": False}
@@ -245,26 +255,26 @@ class RunArchive:
             array("ortho_error", (0, n_layers), (EPOCH_CHUNK, n_layers), "float64", ["epoch", "layer"],
                   units="1", coords=layer_coords,
                   description="||W W^T - I||_F / sqrt(n) of each square layer after the epoch; NaN for non-square")
-            # per probe checkpoint
-            array("checkpoint", (0,), (EPOCH_CHUNK,), "int64", ["checkpoint"], units="epoch",
+            # per probe record
+            array("probe_epoch", (0,), (EPOCH_CHUNK,), "int64", ["probe_epoch"], units="epoch",
                   description="epoch after which the probe batch was recorded; 0 = before training")
-            array("checkpoint_step", (0,), (EPOCH_CHUNK,), "int64", ["checkpoint"], units="step",
+            array("probe_step", (0,), (EPOCH_CHUNK,), "int64", ["probe_epoch"], units="step",
                   description="optimizer steps taken when the probe batch was recorded")
             if probe_labels is not None and len(probe_labels):
                 n_probe = len(probe_labels)
-                array("probe", (n_probe,), (n_probe,), "int64", ["probe"],
+                array("sample", (n_probe,), (n_probe,), "int64", ["sample"],
                       description="sample index in the probe batch (= index in the test split)",
                       data=np.arange(n_probe))
-                array("probe_label", (n_probe,), (n_probe,), "int64", ["probe"], description="label of each probe "
+                array("probe_label", (n_probe,), (n_probe,), "int64", ["sample"], description="label of each probe "
                       "sample", data=np.asarray(probe_labels, dtype=np.int64))
                 for layer in layers:
-                    dims = ["checkpoint", "probe", *layer.unit_dims]
+                    dims = ["probe_epoch", "sample", *layer.unit_dims]
                     shape, chunks = (0, n_probe, *layer.out_shape), (1, n_probe, *layer.out_shape)
                     array(f"activity_{layer.name}", shape, chunks, activity_dtype, dims, units="1",
-                          coords=["checkpoint_step"], description=f"full output a of layer {layer.name} (aux units "
+                          coords=["probe_step"], description=f"full output a of layer {layer.name} (aux units "
                           "included) on the probe batch, no noise")
                     array(f"target_{layer.name}", shape, chunks, "float64", dims, units="1",
-                          coords=["checkpoint_step"], description=f"target t = a + d of layer {layer.name} on the "
+                          coords=["probe_step"], description=f"target t = a + d of layer {layer.name} on the "
                           "probe batch (no noise, no update applied), in float64 so that t - a recovers d")
         archive = cls(path, group)
         archive._digests = digests
@@ -294,8 +304,10 @@ class RunArchive:
     # ----- appending ----------------------------------------------------------------------------------------------
     @property
     def lengths(self) -> Lengths:
-        """Rows along ``step``, ``epoch`` and ``checkpoint`` per the arrays' own metadata."""
-        return Lengths(*(int(self._arrays[d].shape[0]) for d in ("step", "epoch", "checkpoint")))
+        """Rows along ``step``, ``epoch`` and ``probe_epoch`` per the arrays' own metadata (in the old layout,
+        :data:`OLD_NAMES`, the probe records lie along ``checkpoint``)."""
+        probes = "probe_epoch" if "probe_epoch" in self._arrays else "checkpoint"
+        return Lengths(*(int(self._arrays[d].shape[0]) for d in ("step", "epoch", probes)))
 
     @property
     def digests(self) -> Digests:
@@ -343,16 +355,21 @@ class RunArchive:
 
     def append_probe(self, epoch: int, step: int, activities: Sequence[np.ndarray],
                      targets: Sequence[np.ndarray]) -> None:
-        """Append one probe record: per layer the activity and target arrays ``[probe, *out_shape]``."""
+        """Append one probe record: per layer the activity and target arrays ``[sample, *out_shape]``."""
         with io_errors(self.path, "write to the run store"):
-            self._append("checkpoint", np.array([epoch], dtype=np.int64))
-            self._append("checkpoint_step", np.array([step], dtype=np.int64))
+            self._append("probe_epoch", np.array([epoch], dtype=np.int64))
+            self._append("probe_step", np.array([step], dtype=np.int64))
             for name, a, t in zip(self.layers, activities, targets):
                 self._append(f"activity_{name}", np.asarray(a)[None])
                 self._append(f"target_{name}", np.asarray(t, dtype=np.float64)[None])
 
     def truncate(self, lengths: Lengths) -> None:
-        """Cut every growing dim back to ``lengths`` (rows after it are dropped and will be rewritten); committed."""
+        """Cut every growing dim back to ``lengths`` (rows after it are dropped and will be rewritten); committed.
+        A store of the old layout (:data:`OLD_NAMES`) is refused: it can be read and verified, not continued."""
+        if "checkpoint" in self._arrays and "probe_epoch" not in self._arrays:
+            raise ArchiveError(f"the run store {self.path} was written by an older gaitsim (probe records along the "
+                               "dim 'checkpoint', now 'probe_epoch'); it cannot be continued: start it over with "
+                               "--overwrite (open_run reads it with the new names)")
         target = _targets(lengths)
         with io_errors(self.path, "truncate the run store"):
             for dim, arrays in self._by_dim.items():
@@ -382,7 +399,7 @@ class RunArchive:
         coordinates) against the ``digests`` recorded when they were written.
 
         Returns one line per damaged chunk, ``'<chunk file> (<array>): <what is wrong>'``; empty if all is intact.
-        Reads every kept row once (the store's size, a few MB per probe checkpoint)."""
+        Reads every kept row once (the store's size, a few MB per probe record)."""
         target = _targets(lengths)
         problems: list[str] = []
         for name, records in sorted(digests.items()):
@@ -446,7 +463,7 @@ def _is_json(path: Path) -> bool:
 
 
 def _targets(lengths: Lengths) -> dict[str, int]:
-    return {"step": lengths.steps, "epoch": lengths.epochs, "checkpoint": lengths.checkpoints}
+    return {"step": lengths.steps, "epoch": lengths.epochs, "probe_epoch": lengths.probes}
 
 
 def _trash_name(path: Path) -> str:
@@ -491,8 +508,12 @@ def read_attrs(path: Path | str) -> dict[str, Any] | None:
 
 def open_run(path: Path | str):
     """The run's ``xarray.Dataset`` (lazy), as of its last commit: ``xr.open_zarr(path)`` with zarr's note that
-    consolidated metadata is not yet part of the v3 spec silenced."""
+    consolidated metadata is not yet part of the v3 spec silenced. A store of the old layout comes with its probe
+    records' dims and coordinates renamed (:data:`OLD_NAMES`)."""
     import xarray as xr
 
     with _quiet_zarr():
-        return xr.open_zarr(str(path))
+        ds = xr.open_zarr(str(path))
+    if "checkpoint" in ds.dims:
+        ds = ds.rename({old: new for old, new in OLD_NAMES.items() if old in ds.variables or old in ds.dims})
+    return ds

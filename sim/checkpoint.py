@@ -44,6 +44,8 @@ FILENAME = "last.pt"
 PREVIOUS = "prev.pt"
 MANIFEST = "manifest.json"
 FORMAT = 2
+#: ``lengths`` keys of checkpoints written before the probe records were renamed (sim.archive.OLD_NAMES)
+_NEW_LENGTHS = {"checkpoints": "probes"}
 #: checksums the manifest keeps (the files on disk are at most last.pt, prev.pt and one being written)
 _MANIFEST_ENTRIES = 4
 
@@ -76,7 +78,7 @@ class Checkpoint:
     step: int
     """Optimizer steps taken (= the scheduler's step counter)."""
     lengths: Lengths
-    """The archive's rows along step / epoch / checkpoint at this state."""
+    """The archive's rows along step / epoch / probe_epoch at this state."""
     network: dict[str, torch.Tensor]
     """``Network.state_dict()``."""
     scheduler: dict[str, Any]
@@ -100,7 +102,7 @@ class Checkpoint:
             "format": FORMAT, "config_json": self.config_json, "epochs_done": self.epochs_done,
             "batches_done": self.batches_done, "step": self.step,
             "lengths": {"steps": self.lengths.steps, "epochs": self.lengths.epochs,
-                        "checkpoints": self.lengths.checkpoints},
+                        "probes": self.lengths.probes},
             "network": self.network, "scheduler": self.scheduler, "torch_rng": self.torch_rng,
             "numpy_rng": self.numpy_rng, "reason": self.reason, "digests": self.digests,
             "retries": self.retries,
@@ -113,7 +115,8 @@ class Checkpoint:
             raise ValueError(f"checkpoint format {found!r}, expected {FORMAT}")
         return cls(config_json=state["config_json"], epochs_done=int(state["epochs_done"]),
                    batches_done=int(state["batches_done"]), step=int(state["step"]),
-                   lengths=Lengths(**{k: int(v) for k, v in state["lengths"].items()}), network=state["network"],
+                   lengths=Lengths(**{_NEW_LENGTHS.get(k, k): int(v) for k, v in state["lengths"].items()}),
+                   network=state["network"],
                    scheduler=state["scheduler"], torch_rng=state["torch_rng"], numpy_rng=state["numpy_rng"],
                    reason=str(state.get("reason", "scheduled")), digests=dict(state.get("digests", {})),
                    retries=list(state.get("retries", [])), path=path)

@@ -26,12 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gaitsim", description="Simulator for local learning rules (BP, FA, GP).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
+        module = importlib.import_module(module_name)  # a missing module is an error, not an absent command
         p = sub.add_parser(name, help=module.help, description=module.help)
         module.add_arguments(p)
         p.set_defaults(_main=module.main)

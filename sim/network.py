@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from sim.activation import LEAKY_RELU, LINEAR
 from sim.errors import ConfigError, GaitsimError, ShapeError
 from sim.layers import BUILDERS, Layer
-from sim.rules import Rule, RuleSettings, RuleTable, get_rule
+from sim.rules import Rule, RuleSettings, get_rule
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -110,7 +110,6 @@ class Network(nn.Module):
         self.classes = config.classes
         dtype = DTYPES[config.dtype]
         rules = config.rule_names()
-        table = RuleTable(dict(config.settings))
         w_seed, fb_seed = seed_streams(config.seed, 2)
         w_gen = torch.Generator().manual_seed(w_seed)
         fb_gen = torch.Generator().manual_seed(fb_seed)
@@ -120,8 +119,8 @@ class Network(nn.Module):
         in_shape = tuple(config.input_shape)
         for i, (spec, rule_name) in enumerate(zip(specs, rules)):
             try:
-                layer, rule = self._build_layer(i, spec, rule_name, specs, in_shape, table, dtype, device, w_gen,
-                                                fb_gen)
+                layer, rule = self._build_layer(i, spec, rule_name, specs, in_shape, config.settings, dtype, device,
+                                                w_gen, fb_gen)
             except GaitsimError as exc:
                 exc.layer_index = i  # the config loader names the key (network.layers[i] or network.classes)
                 raise
@@ -136,7 +135,7 @@ class Network(nn.Module):
         self.rules = nn.ModuleList(rule_mods)
 
     @staticmethod
-    def _build_layer(i, spec, rule_name, specs, in_shape, table, dtype, device, w_gen, fb_gen) -> tuple[Layer, Rule]:
+    def _build_layer(i, spec, rule_name, specs, in_shape, settings, dtype, device, w_gen, fb_gen) -> tuple[Layer, Rule]:
         """Layer ``i`` (named ``<kind><i+1>``, or ``output``) and its rule, checked against its neighbours."""
         is_output = i == len(specs) - 1
         name = "output" if is_output else f"{spec.kind}{i + 1}"
@@ -158,7 +157,7 @@ class Network(nn.Module):
                 f"layer {name!r}: declared aux={spec.aux} but the layer has {aux} aux units "
                 f"(reads {math.prod(in_shape)}, forwards {layer.width}, square={square}); the widths do not chain."
             )
-        return layer, rule_cls(layer, table[rule_name], fb_gen)
+        return layer, rule_cls(layer, settings.get(rule_name, rule_cls.defaults), fb_gen)
 
     # ----- introspection ------------------------------------------------------------------------------------------
     @property

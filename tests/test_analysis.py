@@ -31,8 +31,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def write_store(path: Path, *, rule: str = "gp", layers: int = 3, epochs: int = 2, steps_per_epoch: int = 4,
                 angle: float = 1.0, acc: float = 0.5, kind: str = "digits", complete: bool = True,
-                layer_rules: list[str] | None = None, diverged: str | None = None) -> Path:
-    """A run store with the archive's dims, coordinates, variables and attributes (docs/runs.md)."""
+                layer_rules: list[str] | None = None, diverged: str | None = None, old_layout: bool = False) -> Path:
+    """A run store with the archive's dims, coordinates, variables and attributes (docs/runs.md); ``old_layout``:
+    the probe records' names before "checkpoint" meant only resume state (sim.archive.OLD_NAMES)."""
     names = [f"dense{i + 1}" for i in range(layers)] + ["output"]
     n_steps = epochs * steps_per_epoch
     rng = np.random.default_rng(abs(hash((str(path), angle))) % 2**32)
@@ -51,18 +52,20 @@ def write_store(path: Path, *, rule: str = "gp", layers: int = 3, epochs: int = 
             "train_loss": ("epoch", np.linspace(2, 1, epochs)), "test_loss": ("epoch", np.linspace(2.1, 1.1, epochs)),
             "ortho_error": (("epoch", "layer"), np.full((epochs, len(names)), 0.01)),
             "epoch_wall_s": ("epoch", np.ones(epochs)),
-            "probe_label": ("probe", np.arange(4)),
-            "activity_output": (("checkpoint", "probe", "unit_output"), np.zeros((2, 4, 10))),
+            "probe_label": ("sample", np.arange(4)),
+            "activity_output": (("probe_epoch", "sample", "unit_output"), np.zeros((2, 4, 10))),
         },
         coords={
             "step": np.arange(n_steps), "step_epoch": ("step", np.repeat(np.arange(1, epochs + 1), steps_per_epoch)),
             "epoch": np.arange(1, epochs + 1), "layer": names, "rule": ("layer", rules),
-            "square": ("layer", [r in ("gp", "vgp") for r in rules]), "checkpoint": [0, epochs],
-            "probe": np.arange(4),
+            "square": ("layer", [r in ("gp", "vgp") for r in rules]), "probe_epoch": [0, epochs],
+            "probe_step": ("probe_epoch", [0, n_steps]), "sample": np.arange(4),
         },
         attrs={"name": str(path), "config": json.dumps({"data": {"kind": kind}, "rules": rule}),
                "complete": complete, **({"diverged": diverged} if diverged else {})},
     )
+    if old_layout:
+        ds = ds.rename({"probe_epoch": "checkpoint", "probe_step": "checkpoint_step", "sample": "probe"})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds.to_zarr(path, mode="w", consolidated=True)
@@ -175,6 +178,16 @@ def test_diverged_stores_are_results(tmp_path):
     check_png(save(FIGURES["noise_map"](ds), tmp_path / "noise_map.png"))
     with pytest.raises(IncompleteStoreError, match="diverged"):
         load_study(tmp_path / "noise", on_diverged="raise")
+
+
+def test_a_study_reads_stores_of_the_old_probe_layout(tmp_path):
+    """A study keeps no probe records, so a store written before the rename (dims ``checkpoint``, ``probe``) loads
+    like a new one."""
+    old = write_store(run_path(tmp_path, "s", "deep", "gp", 0), old_layout=True)
+    new = write_store(run_path(tmp_path, "s", "deep", "gp", 1))
+    ds = load_study([old, new])
+    assert dict(ds.sizes) == {"experiment": 1, "rule": 1, "seed": 2, "step": 8, "layer": 4, "epoch": 2}
+    assert ds.angle.sel(seed=0).notnull().any() and ds.angle.sel(seed=1).notnull().any()
 
 
 def test_load_study_refuses_mixed_studies_and_empty_folders(quick_study, tmp_path):

@@ -36,10 +36,10 @@ def add_epoch(archive: RunArchive, epoch: int, steps: int = 4) -> None:
 def test_a_new_store_opens_with_xarray_and_every_growing_dim_empty(tmp_path):
     make(tmp_path / "a.zarr")
     ds = open_run(tmp_path / "a.zarr")
-    assert ds.sizes["step"] == ds.sizes["epoch"] == ds.sizes["checkpoint"] == 0
+    assert ds.sizes["step"] == ds.sizes["epoch"] == ds.sizes["probe_epoch"] == 0
     assert list(ds.layer.values) == ["dense1", "conv2", "output"]
     assert list(ds.rule.values) == ["fa", "gp", "gp"] and list(ds.square.values) == [False, True, True]
-    assert ds.activity_conv2.dims == ("checkpoint", "probe", "channel_conv2", "row_conv2", "col_conv2")
+    assert ds.activity_conv2.dims == ("probe_epoch", "sample", "channel_conv2", "row_conv2", "col_conv2")
     assert ds.attrs["complete"] is False and ds.attrs["name"] == "t"
 
 
@@ -49,12 +49,12 @@ def test_appends_are_visible_only_after_a_commit(tmp_path):
     archive.commit()
     add_epoch(archive, 2)  # "crash" before the commit: readers still see epoch 1, consistently
     ds = open_run(tmp_path / "a.zarr")
-    assert (ds.sizes["step"], ds.sizes["epoch"], ds.sizes["checkpoint"]) == (4, 1, 1)
+    assert (ds.sizes["step"], ds.sizes["epoch"], ds.sizes["probe_epoch"]) == (4, 1, 1)
     assert float(ds.train_top1[0]) == 0.1 and (ds.angle.values == 1).all()
     archive.commit(complete=True)
     ds = open_run(tmp_path / "a.zarr")
     assert list(ds.step.values) == list(range(8)) and list(ds.step_epoch.values) == [1] * 4 + [2] * 4
-    assert list(ds.checkpoint_step.values) == [4, 8]
+    assert list(ds.probe_step.values) == [4, 8]
     np.testing.assert_array_equal(ds.target_dense1.values[1] - ds.activity_dense1.values[1], 0.5)
     assert ds.activity_dense1.dtype == np.float32 and ds.target_dense1.dtype == np.float64
     assert ds.attrs["complete"] is True
@@ -70,7 +70,7 @@ def test_truncate_cuts_every_dim_back_and_rows_are_rewritten(tmp_path):
     assert reopened.lengths == Lengths(12, 3, 3)
     reopened.truncate(Lengths(4, 1, 1))
     ds = open_run(tmp_path / "a.zarr")
-    assert (ds.sizes["step"], ds.sizes["epoch"], ds.sizes["checkpoint"]) == (4, 1, 1)
+    assert (ds.sizes["step"], ds.sizes["epoch"], ds.sizes["probe_epoch"]) == (4, 1, 1)
     add_epoch(reopened, 2)
     reopened.commit()
     ds = open_run(tmp_path / "a.zarr")
@@ -88,7 +88,7 @@ def test_steps_must_be_appended_in_order(tmp_path):
 def test_a_store_without_probe_has_no_activity_variables(tmp_path):
     make(tmp_path / "a.zarr", probe=0)
     ds = open_run(tmp_path / "a.zarr")
-    assert "probe" not in ds.dims and not [v for v in ds.data_vars if v.startswith(("activity_", "target_"))]
+    assert "sample" not in ds.dims and not [v for v in ds.data_vars if v.startswith(("activity_", "target_"))]
 
 
 def test_plain_xarray_reads_a_store_with_its_checkpoint_folder(tmp_path):
@@ -101,6 +101,38 @@ def test_plain_xarray_reads_a_store_with_its_checkpoint_folder(tmp_path):
         warnings.simplefilter("ignore")
         for consolidated in (None, False):
             assert xr.open_zarr(tmp_path / "a.zarr", consolidated=consolidated).sizes["step"] == 4
+
+
+def old_store(path):
+    """A store as gaitsim wrote it before "checkpoint" meant only resume state: probe records along ``checkpoint``
+    (coordinate ``checkpoint_step``), samples along ``probe``."""
+    ds = xr.Dataset({"loss": ("step", np.ones(4)), "probe_label": ("probe", np.arange(3)),
+                     "activity_output": (("checkpoint", "probe", "unit_output"), np.zeros((2, 3, 5)))},
+                    coords={"step": np.arange(4), "epoch": [1], "layer": ["output"], "checkpoint": [0, 1],
+                            "checkpoint_step": ("checkpoint", [0, 4]), "probe": np.arange(3)},
+                    attrs={"complete": True})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.to_zarr(path, mode="w", consolidated=True, zarr_format=3)
+    return path
+
+
+def test_an_old_store_reads_with_the_new_names_and_is_not_resumed(tmp_path):
+    store = old_store(tmp_path / "old.zarr")
+    ds = open_run(store)
+    assert ds.activity_output.dims == ("probe_epoch", "sample", "unit_output")
+    assert list(ds.probe_epoch.values) == [0, 1] and list(ds.probe_step.values) == [0, 4]
+    assert ds.probe_label.dims == ("sample",) and "checkpoint" not in ds.variables
+    archive = RunArchive.open(store)  # it opens (a complete store is verified, then left as it is) ...
+    assert archive.lengths == Lengths(4, 1, 2)
+    with pytest.raises(ArchiveError, match=r"old\.zarr was written by an older gaitsim .*over with --overwrite"):
+        archive.truncate(Lengths(4, 1, 1))  # ... but is not continued
+
+
+def test_a_checkpoint_written_before_the_rename_loads_its_lengths():
+    state = _checkpoint(3).to_state()
+    state["lengths"] = {"steps": 3, "epochs": 1, "checkpoints": 2}
+    assert ckpt_io.Checkpoint.from_state(state).lengths == Lengths(steps=3, epochs=1, probes=2)
 
 
 def test_unwritable_location_names_the_path(tmp_path):

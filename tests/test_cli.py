@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
+from sim import cli as cli_module
 from sim.cli import main as cli
 
 
@@ -46,3 +48,9 @@ def test_angles_takes_the_class_count_from_the_data_for_conv_presets(tmp_path, c
     obj = json.loads(capsys.readouterr().out)
     assert obj["layers"][-1] == "output" and len(obj["layers"]) == 8
     assert max(obj["angle_deg"]) < 0.05
+
+
+def test_a_subcommand_whose_module_is_missing_is_an_error_not_an_absent_command(monkeypatch):
+    monkeypatch.setitem(cli_module.COMMANDS, "gone", "sim.commands.gone")
+    with pytest.raises(ModuleNotFoundError, match="sim.commands.gone"):
+        cli_module.build_parser()

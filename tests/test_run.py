@@ -101,14 +101,14 @@ def test_cli_run_writes_every_documented_variable(tmp_path, tiny_config, capsys,
 
     steps = 2 * 45  # 1437 digits in batches of 32
     assert ds.sizes["step"] == steps and list(ds.step.values) == list(range(steps))
-    assert list(ds.epoch.values) == [1, 2] and list(ds.checkpoint.values) == [0, 2]
-    assert list(ds.checkpoint_step.values) == [0, steps]
+    assert list(ds.epoch.values) == [1, 2] and list(ds.probe_epoch.values) == [0, 2]
+    assert list(ds.probe_step.values) == [0, steps]
     assert (ds.step_epoch.values == np.repeat([1, 2], 45)).all()
     assert int(ds.batch_size.sum()) == 2 * 1437
     measured = ~np.isnan(ds.angle.values).all(axis=1)
     assert (np.flatnonzero(measured) == np.arange(0, steps, 7)).all()
     assert np.isfinite(ds.loss.values).all() and (ds.loss.values > 0).all()
-    assert ds.sizes["probe"] == 8 and (ds.probe_label.values == ds.probe_label.values).all()
+    assert ds.sizes["sample"] == 8 and (ds.probe_label.values == ds.probe_label.values).all()
     act, tgt = ds.activity_dense2.values, ds.target_dense2.values
     assert act.shape == tgt.shape == (2, 8, ds.sizes["unit_dense2"])
     assert not np.array_equal(act, tgt)
@@ -141,7 +141,7 @@ def test_cli_run_writes_every_documented_variable(tmp_path, tiny_config, capsys,
     # the log file sits beside the store
     log = Path(str(store) + ".log").read_text()
     assert "epoch 2/2" in log and "complete" in log
-    # a probe chunk is one layer at one checkpoint
+    # a probe chunk is one layer at one probe epoch
     assert ds.activity_dense1.encoding["chunks"] == (1, 8, ds.sizes["unit_dense1"])
 
 
@@ -215,7 +215,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, tiny_config,
             run(doc, store, progress=False)
     prefix = open_run(store)
     assert prefix.attrs["complete"] is False
-    assert prefix.sizes["epoch"] == 3 and prefix.sizes["step"] == 3 * 10 and list(prefix.checkpoint) == [0, 1, 3]
+    assert prefix.sizes["epoch"] == 3 and prefix.sizes["step"] == 3 * 10 and list(prefix.probe_epoch) == [0, 1, 3]
     assert ckpt_io.load(store).epochs_done == 2
     run(doc, store, resume=True, progress=False)
     assert_same_archive(reference, store)
@@ -370,7 +370,7 @@ def test_without_checks_a_nan_is_caught_when_the_epoch_is_flushed(tmp_path, tiny
         run(doc, tmp_path / "x.zarr", progress=False)
     ds = open_run(tmp_path / "x.zarr")
     assert ds.sizes["step"] == 10 and not np.isfinite(ds.loss.values).all()
-    assert "probe" not in ds.dims and np.isnan(ds.angle.values).all()
+    assert "sample" not in ds.dims and np.isnan(ds.angle.values).all()
 
 
 def test_options_without_angles_or_probe(tmp_path, tiny_config):

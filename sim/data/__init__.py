@@ -1,6 +1,6 @@
 """Image data for the simulator: load a split named by a :class:`DataSpec`, then iterate deterministic batches.
 
-    ds = load_split(DataSpec("npz", path="shared/data/cifar10"), "train")
+    ds = load_split(DataSpec("npz", path="data/cifar10_npz"), "train")
     for x, y in iterate_batches(ds, 256, seed=0, epoch=3):   # x [B, C, H, W] float32, y [B] int64
         ...
 

@@ -3,7 +3,8 @@
 torchvision reads the python-pickle release (``<root>/cifar-10-batches-py``) and checks its md5 sums. We take its
 whole uint8 ``data`` array ``[N, 32, 32, 3]`` (HWC) and ``targets`` at once and transpose to ``[N, 3, 32, 32]``:
 no PIL image per item. Pixels / 255 and nothing else is the reference preprocessing (REFERENCE.md section 6).
-Offline, point ``path`` at an existing copy, or load the npz copy in ``shared/data/cifar10`` with kind 'npz'.
+Offline, point ``path`` at an existing copy, or load a folder of npz shards (e.g. ``data/cifar10_npz``) with kind
+'npz'.
 """
 
 from __future__ import annotations
@@ -34,13 +35,12 @@ def load_cifar10(spec: DataSpec, split: str, seed: int = 0) -> TensorImageDatase
         raise DataError(
             f"CIFAR-10 not found (or failing its md5 check) under {root}. Pass download=True "
             f"to fetch it there, point path at a folder that holds cifar-10-batches-py, or use "
-            f"kind='npz' with a folder of train_*.npz/test_*.npz shards such as "
-            f"shared/data/cifar10.{hint}"
+            f"kind='npz' with a folder of train_*.npz/test_*.npz shards (e.g. data/cifar10_npz).{hint}"
         ) from None
     except OSError as exc:  # download failures (no network, unwritable root)
         raise DataError(
             f"could not download CIFAR-10 to {root} ({exc}); without network access point path at "
-            f"an existing copy, or use kind='npz' with shared/data/cifar10"
+            f"an existing copy, or use kind='npz' with a folder of npz shards (e.g. data/cifar10_npz)"
         ) from None
     pixels = np.asarray(data.data)
     if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (32, 32, 3):

@@ -1,4 +1,4 @@
-"""Folders of ``.npz`` image shards (kind 'npz'), the format of ``shared/data/cifar10`` and ``imagenet_sample``.
+"""Folders of ``.npz`` image shards (kind 'npz'), e.g. an offline copy of CIFAR-10 in ``data/cifar10_npz``.
 
 Layout: ``<folder>/train_*.npz`` and ``<folder>/test_*.npz`` (or one ``train.npz`` / ``test.npz``). Each shard holds
 
@@ -40,7 +40,8 @@ def shard_files(folder: Path, split: str) -> list[Path]:
     """The shards of ``split`` in ``folder``, in concatenation order; DataError if there are none."""
     if not folder.exists():
         raise DataError(
-            f"npz data folder {folder} does not exist; {LAYOUT}. CIFAR-10 in this layout is in shared/data/cifar10"
+            f"npz data folder {folder} does not exist; {LAYOUT}. Point the data path at such a folder (a "
+            "relative one, e.g. data/cifar10_npz, is read from the working directory)"
         )
     if not folder.is_dir():
         raise DataError(f"npz data path {folder} is a file, not a folder; {LAYOUT}")

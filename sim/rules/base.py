@@ -15,7 +15,7 @@ decorates its class with :func:`register`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -76,8 +76,6 @@ class Rule(nn.Module):
     name: ClassVar[str]
     #: the layer must be square (invertible) under this rule
     inverts: ClassVar[bool] = False
-    #: settings this rule reads, besides the optimiser's (documented in the registry table)
-    uses: ClassVar[tuple[str, ...]] = ()
     #: CIFAR-10 reference settings (REFERENCE.md section 6)
     defaults: ClassVar[RuleSettings] = RuleSettings()
 
@@ -126,12 +124,3 @@ def get_rule(name: str) -> type[Rule]:
     except KeyError:
         raise ConfigError(f"unknown rule {name!r}; registered rules: {', '.join(sorted(RULES))}") from None
 
-
-@dataclass(frozen=True)
-class RuleTable:
-    """Settings per rule name, falling back to each rule's reference defaults."""
-
-    overrides: dict[str, RuleSettings] = field(default_factory=dict)
-
-    def __getitem__(self, name: str) -> RuleSettings:
-        return self.overrides.get(name, get_rule(name).defaults)

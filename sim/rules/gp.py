@@ -18,7 +18,6 @@ from sim.rules.gait import GaitProp, per_sample_norm
 @register
 class NormalizedGP(GaitProp):
     name = "gp"
-    uses = ("eta", "arithmetic", "inverse")
     defaults = RuleSettings(lr=1.9e-5, betas=(0.9, 0.999), eps=1e-6, ortho_lambda=100.0, eta=1e-7)
 
     def gamma(self, d: Tensor, n_units: int) -> Tensor:

@@ -12,7 +12,6 @@ from sim.rules.gait import GaitProp
 @register
 class VanillaGP(GaitProp):
     name = "vgp"
-    uses = ("gamma", "arithmetic", "inverse")
     defaults = RuleSettings(lr=1.9e-5, betas=(0.9, 0.999), eps=1e-6, ortho_lambda=100.0, gamma=1e-3)
 
     def gamma(self, d: Tensor, n_units: int) -> Tensor:
