@@ -36,6 +36,7 @@ from sim.network import LayerSpec, Network, NetworkConfig
 from sim.presets import check_options, preset
 from sim.rules import RuleSettings, get_rule
 from sim.schedule import NoiseFloor, Scheduler
+from sim.step_options import DEFAULT_STEP, StepOptions
 
 SCHEMA_RESOURCE = "schema/run.schema.json"
 #: data kinds that need no path (everything else reads a folder)
@@ -119,8 +120,8 @@ class TrainSection:
     """'float32' or 'float64'."""
     device: str = "cpu"
     """Torch device: 'cpu', 'cuda' or 'cuda:N'."""
-    check_numerics: bool = True
-    """Stop at the first NaN/Inf, naming step, layer and quantity."""
+    step: StepOptions = DEFAULT_STEP
+    """What one training step computes and how (numerics checks, aux skipping, regulariser interval, ...)."""
     drop_last: bool = False
     """Drop the last, shorter batch of every epoch."""
     eval_batch_size: int = 1024
@@ -134,6 +135,11 @@ class TrainSection:
     """'retry': the factor each retry multiplies every learning rate by (0 < factor < 1)."""
     max_retries: int = 3
     """'retry': retries allowed over the whole run before it stops as with 'stop'."""
+
+    @property
+    def check_numerics(self) -> bool:
+        """Whether steps check for NaN/Inf at all (``step.check_numerics`` is not 'off')."""
+        return self.step.checks
 
 
 @dataclass(frozen=True)
@@ -484,7 +490,11 @@ def _resolve(doc: dict) -> RunConfig:
                           for k, v in noise_doc.items()})
     d = dict(doc["data"])
     data = _section(DataSection, d, input_shape=_tuple_or_none(d.get("input_shape")))
-    train = _section(TrainSection, doc["train"])
+    try:
+        step = StepOptions(**doc["train"].get("step", {}))
+    except ConfigError as exc:
+        raise ConfigError(f"train.step: {exc}") from None
+    train = _section(TrainSection, doc["train"], step=step)
     rec = dict(doc.get("record") or {})
     probe_epochs = rec.get("probe_epochs")
     probe_epochs = (0, train.epochs) if probe_epochs is None else tuple(sorted(probe_epochs))
@@ -538,5 +548,5 @@ def build_network(cfg: RunConfig) -> Network:
 
 def build_scheduler(cfg: RunConfig, net: Network) -> Scheduler:
     """The run's :class:`Scheduler`: one Adam group per layer with its rule's settings, the noise floors, the
-    noise generator seeded from ``train.seed``, and ``train.check_numerics``."""
-    return Scheduler(net, noise=cfg.noise, seed=cfg.train.seed, check_numerics=cfg.train.check_numerics)
+    noise generator seeded from ``train.seed``, and the step options ``train.step``."""
+    return Scheduler(net, noise=cfg.noise, seed=cfg.train.seed, options=cfg.train.step)
