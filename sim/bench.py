@@ -13,7 +13,7 @@ FLOPs are counted analytically from the layer shapes (matmul/conv-class work onl
 not counted), per step with batch ``B``:
 
 * forward ``2 B K`` for a layer of ``K`` multiply-adds per sample (``W.numel()`` per output position); a GP layer
-  that skips its aux units (``Scheduler(skip_aux=True)``, the default) computes only its ``width`` forwarded rows of
+  that skips its aux units (``StepOptions.skip_aux``, the default) computes only its ``width`` forwarded rows of
   ``W``, and ``K`` counts those;
 * messages: the same ``2 B K`` for every layer but the first (BP's transpose, FA's feedback; GP's solve with the LU
   factors ``2 B n^2`` or its product with an explicit inverse or its first ``k`` columns, the same count);
@@ -40,7 +40,7 @@ Host syncs (``host_syncs_per_step``, CUDA only): the synchronising calls of one 
 
 Reference-cost mode: float64 everywhere; the inverting rules (gp, vgp) in the target form with an explicit inverse of
 every square layer every step (``RuleSettings(inverse='inv', arithmetic='target')``) and ``W W^T`` as one full matmul
-(:func:`sim.regularizer.textbook_products`), the costs of the authors' implementation; the same scheduler options as
+(``train.step.symmetric_gram: false``), the costs of the authors' implementation; the same step options as
 the fast mode otherwise (the target form computes every aux unit: it reads them). The command-line twin is
 ``python -m sim bench`` (:mod:`sim.commands.bench`); the numbers and how to read them are in docs/performance.md.
 """
