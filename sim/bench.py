@@ -13,7 +13,7 @@ FLOPs are counted analytically from the layer shapes (matmul/conv-class work onl
 not counted), per step with batch ``B``:
 
 * forward ``2 B K`` for a layer of ``K`` multiply-adds per sample (``W.numel()`` per output position); a GP layer
-  that skips its aux units (``Scheduler(skip_aux=True)``, the default) computes only its ``width`` forwarded rows of
+  that skips its aux units (``StepOptions.skip_aux``, the default) computes only its ``width`` forwarded rows of
   ``W``, and ``K`` counts those;
 * messages: the same ``2 B K`` for every layer but the first (BP's transpose, FA's feedback; GP's solve with the LU
   factors ``2 B n^2`` or its product with an explicit inverse or its first ``k`` columns, the same count);
@@ -40,7 +40,7 @@ Host syncs (``host_syncs_per_step``, CUDA only): the synchronising calls of one 
 
 Reference-cost mode: float64 everywhere; the inverting rules (gp, vgp) in the target form with an explicit inverse of
 every square layer every step (``RuleSettings(inverse='inv', arithmetic='target')``) and ``W W^T`` as one full matmul
-(:func:`sim.regularizer.textbook_products`), the costs of the authors' implementation; the same scheduler options as
+(``train.step.symmetric_gram: false``), the costs of the authors' implementation; the same step options as
 the fast mode otherwise (the target form computes every aux unit: it reads them). The command-line twin is
 ``python -m sim bench`` (:mod:`sim.commands.bench`); the numbers and how to read them are in docs/performance.md.
 """
@@ -56,66 +56,86 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from sim import regularizer
+from sim.config import RunConfig, build_network, build_scheduler, load_config, validate_config
 from sim.errors import ConfigError
 from sim.network import Network, resolve_device
 from sim.presets import PRESETS, preset
-from sim.rules import gait, get_rule
-from sim.schedule import NUMERICS_CHECKS, Scheduler
+from sim.rules import get_rule
+from sim.schedule import Scheduler
+from sim.step_options import NUMERICS_CHECKS
 
 #: training-set sizes for the epoch figure, by preset-name prefix
 EPOCH_SAMPLES = {"cifar10": 50_000, "imagenet": 1_281_167}
 
 
+#: the network preset and rules benchmarked without a run config
+DEFAULT_NET = "cifar10_deep"
+DEFAULT_RULES = ("bp", "fa", "vgp", "gp")
+#: the numerics-check mode benchmarked without a run config or ``check_numerics`` (one flag per step)
+DEFAULT_CHECK = "step"
+
+
 @dataclass(frozen=True)
 class BenchOptions:
-    """What to benchmark and how (the fields of ``python -m sim bench``)."""
+    """What to benchmark and how (the fields of ``python -m sim bench``).
 
-    net: str = "cifar10_deep"
-    """Network preset."""
-    rules: tuple[str, ...] = ("bp", "fa", "vgp", "gp")
-    """One case per rule (the rule on every layer)."""
-    dtype: str = "float32"
-    """dtype of the fast mode."""
-    arithmetic: str = "difference"
-    """GP arithmetic of the fast mode ('difference' or 'target')."""
-    batch: int = 256
-    """Batch size."""
+    Every case is a run config (:class:`~sim.config.RunConfig`) built by :func:`base_config` and :func:`case_config`:
+    ``config`` (or, without one, the preset ``net`` with each rule's default settings) with the fields marked
+    *override* replacing its values where they are set (not None). A benchmarked step is therefore the step a run of
+    that config takes; each JSON row holds the case's resolved config (``config``) and step options (``step``).
+    """
+
+    config: str | Path | dict | None = None
+    """A run config (YAML path or dict): its network, rules, settings, noise and train section (seed, dtype, device,
+    batch_size, step) build every case. None: the preset ``net`` (default cifar10_deep), no noise, seed 0, batch 256,
+    float32 on the CPU, ``StepOptions(check_numerics='step')``."""
+    net: str | None = None
+    """Override: the network preset (with ``preset_kwargs``) in place of the config's network."""
+    rules: tuple[str, ...] | None = None
+    """Override: one case per rule, the rule on every layer. None: the config's rules (one case) or, without a
+    config, bp, fa, vgp and gp."""
+    dtype: str | None = None
+    """Override: dtype of the fast mode (``train.dtype``)."""
+    arithmetic: str | None = None
+    """Override: GP arithmetic of the fast mode ('difference' or 'target'; the inverting rules' settings)."""
+    batch: int | None = None
+    """Override: batch size (``train.batch_size``)."""
     steps: int = 3
     """Training steps per timed repeat."""
     repeats: int = 5
     """Timed repeats per case (the median and spread are over these)."""
     warmup: int = 2
     """Untimed steps per case before timing."""
-    device: str = "cpu"
-    """Torch device."""
+    device: str | None = None
+    """Override: torch device (``train.device``)."""
     reference_cost: bool = False
-    """Also time every rule in the reference-cost mode (float64, target form, explicit inverse every step)."""
+    """Also time every case in the reference-cost mode (float64, target form, explicit inverse every step, ``W W^T``
+    as one full matmul)."""
     preset_kwargs: dict = field(default_factory=dict)
-    """Extra preset options (``image_size``, ``width_mult``, ``classes``)."""
-    check_numerics: str = "step"
-    """Scheduler numerics checks: 'tensor', 'step' or 'off'."""
-    fused_adam: bool = True
-    """Scheduler option: fused Adam kernel."""
-    ortho_every: int = 1
-    """Scheduler option: regulariser every k-th step (1 is the reference)."""
-    skip_aux: bool = True
-    """Scheduler option: run difference-form GP layers on their forwarded units only (exact; False computes the
-    aux units too, to measure what skipping saves)."""
+    """Override: preset options (``image_size``, ``width_mult``, ``classes``) of the config's or ``net``'s preset."""
+    check_numerics: str | None = None
+    """Override ``train.step.check_numerics``: 'tensor', 'step' or 'off'."""
+    fused_adam: bool | None = None
+    """Override ``train.step.fused_adam``."""
+    ortho_every: int | None = None
+    """Override ``train.step.ortho_every`` (1 is the reference)."""
+    skip_aux: bool | None = None
+    """Override ``train.step.skip_aux`` (False computes the aux units too, to measure what skipping saves)."""
     tf32: tuple[bool, ...] | None = None
     """CUDA float32 only: time with TF32 matmuls not allowed and/or allowed; None: both on CUDA, n/a on CPU."""
-    seed: int = 0
-    """Seeds the weights and the batch."""
+    seed: int | None = None
+    """Override ``train.seed``; seeds the weights and the batch."""
     threads: int | None = None
     """CPU threads for torch (``torch.set_num_threads``); None keeps torch's default."""
-    compile: bool = False
-    """``torch.compile`` GP's elementwise nudge (:func:`sim.rules.gait.compile_nudge`); compiled during warm-up."""
+    compile: bool | None = None
+    """Override ``train.step.compile_nudge``: ``torch.compile`` GP's elementwise nudge (compiled during warm-up)."""
 
 
 @dataclass(frozen=True)
@@ -123,54 +143,113 @@ class Case:
     """One timed configuration."""
 
     rule: str
+    """The rule on every layer, or the config's per-layer rules joined by commas."""
     mode: str
     """'fast' or 'reference'."""
     dtype: str
-    arithmetic: str
-    inverse: str
+    arithmetic: str | None
+    """GP arithmetic set for this case; None: the config's settings."""
     tf32: bool | None
 
 
-def make_cases(opts: BenchOptions) -> list[Case]:
-    """The cases of a run: every rule in the fast mode, then (``reference_cost``) in the reference mode."""
-    cuda = torch.device(opts.device).type == "cuda"
+def base_config(opts: BenchOptions) -> RunConfig:
+    """The run config every case starts from: ``opts.config`` (or the preset ``net``), with ``opts``' overrides."""
+    if opts.config is not None:
+        doc = load_config(opts.config).to_dict()
+    else:
+        net = opts.net or DEFAULT_NET
+        if net not in PRESETS:
+            raise ConfigError(f"unknown network preset {net!r}; presets: {', '.join(sorted(PRESETS))}")
+        shape = preset(net, "bp", **opts.preset_kwargs)  # no tensors: the data section's shapes
+        doc = {"name": "bench", "network": {"preset": net}, "rules": "bp",
+               "data": {"kind": "random", "classes": shape.classes, "input_shape": list(shape.input_shape)},
+               "train": {"epochs": 1, "step": {"check_numerics": DEFAULT_CHECK}}}
+    if opts.net is not None:
+        doc["network"] = {"preset": opts.net}
+    if opts.preset_kwargs:
+        doc["network"].update(opts.preset_kwargs)
+    train = doc["train"]
+    for key, value in (("dtype", opts.dtype), ("device", opts.device), ("seed", opts.seed),
+                       ("batch_size", opts.batch)):
+        if value is not None:
+            train[key] = value
+    step = train.setdefault("step", {})
+    for key, value in (("check_numerics", opts.check_numerics), ("fused_adam", opts.fused_adam),
+                       ("ortho_every", opts.ortho_every), ("skip_aux", opts.skip_aux),
+                       ("compile_nudge", opts.compile)):
+        if value is not None:
+            step[key] = value
+    return validate_config(doc, source="bench")
+
+
+def _rules_label(rules: str | tuple[str, ...]) -> str:
+    return rules if isinstance(rules, str) else ",".join(rules)
+
+
+def make_cases(opts: BenchOptions, base: RunConfig | None = None) -> list[Case]:
+    """The cases of a run: every rule (or the config's rules) in the fast mode, then (``reference_cost``) in the
+    reference mode."""
+    base = base or base_config(opts)
+    cuda = torch.device(base.train.device).type == "cuda"
+    rules = opts.rules if opts.rules is not None else (
+        (_rules_label(base.rules),) if opts.config is not None else DEFAULT_RULES)
     cases = []
     for mode in ("fast", "reference") if opts.reference_cost else ("fast",):
-        dtype = opts.dtype if mode == "fast" else "float64"
+        dtype = base.train.dtype if mode == "fast" else "float64"
         tf32s = (opts.tf32 if opts.tf32 is not None else (False, True)) if cuda and dtype == "float32" else (None,)
-        for rule in opts.rules:
-            inverts = get_rule(rule).inverts
+        for rule in rules:
             arithmetic = opts.arithmetic if mode == "fast" else "target"
-            inverse = "lu" if mode == "fast" else "inv"
             for tf32 in tf32s:
-                cases.append(Case(rule, mode, dtype, arithmetic if inverts else "-", inverse if inverts else "-",
-                                  tf32))
+                cases.append(Case(rule, mode, dtype, arithmetic, tf32))
     return cases
 
 
-def build_case(opts: BenchOptions, case: Case) -> tuple[Scheduler, Tensor, Tensor]:
-    """A fresh network and scheduler for ``case``, and a random batch on its device."""
-    defaults = get_rule(case.rule).defaults
-    settings = defaults
-    if case.arithmetic != "-":
-        settings = replace(defaults, arithmetic=case.arithmetic, inverse=case.inverse)
-    config = preset(opts.net, case.rule, settings={case.rule: settings}, dtype=case.dtype, device=opts.device,
-                    seed=opts.seed, **opts.preset_kwargs)
-    net = Network(config)
-    sched = Scheduler(net, seed=opts.seed, check_numerics=opts.check_numerics, fused_adam=opts.fused_adam,
-                      ortho_every=opts.ortho_every, skip_aux=opts.skip_aux)
-    g = torch.Generator().manual_seed(opts.seed)
-    x = torch.rand((opts.batch, *config.input_shape), generator=g, dtype=torch.float64)
-    y = torch.randint(0, net.classes, (opts.batch,), generator=g)
-    return sched, x.to(device=net.device, dtype=net.dtype), y.to(net.device)
+def case_config(base: RunConfig, case: Case) -> RunConfig:
+    """The run config of one case: ``base`` with the case's rules, dtype and GP arithmetic; the reference mode adds
+    the explicit inverse and the full-matmul ``W W^T`` (``train.step.symmetric_gram: false``)."""
+    doc = base.to_dict()
+    doc["name"] = f"bench_{case.rule.replace(',', '_')}_{case.mode}"
+    doc["rules"] = case.rule.split(",") if "," in case.rule else case.rule
+    doc["train"]["dtype"] = case.dtype
+    used = set(doc["rules"]) if isinstance(doc["rules"], list) else {doc["rules"]}
+    for rule in used:
+        doc["settings"].setdefault(rule, {})
+        if case.arithmetic is not None and get_rule(rule).inverts:
+            doc["settings"][rule]["arithmetic"] = case.arithmetic
+            if case.mode == "reference":
+                doc["settings"][rule]["inverse"] = "inv"
+    if case.mode == "reference":
+        doc["train"]["step"]["symmetric_gram"] = False
+    return validate_config(doc, source=f"bench case {case.rule}/{case.mode}")
+
+
+def _gp_form(cfg: RunConfig) -> tuple[str, str]:
+    """The case's ``(arithmetic, inverse)``: those of its inverting rule, '-' where it has none (or several)."""
+    rules = {cfg.rules} if isinstance(cfg.rules, str) else set(cfg.rules)
+    forms = {(cfg.settings[r].arithmetic, cfg.settings[r].inverse) for r in rules if get_rule(r).inverts}
+    return forms.pop() if len(forms) == 1 else ("-", "-")
+
+
+def build_case(opts: BenchOptions, case: Case, base: RunConfig | None = None
+               ) -> tuple[Scheduler, Tensor, Tensor, RunConfig]:
+    """A fresh network and scheduler for ``case`` from its run config (:func:`case_config`), a random batch on its
+    device, and the config."""
+    cfg = case_config(base or base_config(opts), case)
+    net = build_network(cfg)
+    sched = build_scheduler(cfg, net)
+    g = torch.Generator().manual_seed(cfg.train.seed)
+    x = torch.rand((cfg.train.batch_size, *net.config.input_shape), generator=g, dtype=torch.float64)
+    y = torch.randint(0, net.classes, (cfg.train.batch_size,), generator=g)
+    return sched, x.to(device=net.device, dtype=net.dtype), y.to(net.device), cfg
 
 
 # ----- FLOPs --------------------------------------------------------------------------------------------------------
-def step_flops(net: Network, batch: int, ortho_every: int = 1, narrow: list[bool] | None = None
-               ) -> dict[str, float]:
+def step_flops(net: Network, batch: int, ortho_every: int = 1, narrow: list[bool] | None = None,
+               symmetric_gram: bool = True) -> dict[str, float]:
     """FLOPs of one training step by part: ``forward``, ``messages``, ``weight_grads``, ``factorization``,
     ``regularizer`` and ``total`` (see the module docstring for the formulas). ``narrow[l]``: layer l runs on its
-    forwarded units only (:attr:`Scheduler.narrow <sim.schedule.Scheduler>`)."""
+    forwarded units only (:attr:`Scheduler.narrow <sim.schedule.Scheduler>`); ``ortho_every`` and
+    ``symmetric_gram``: the step's options (:class:`~sim.step_options.StepOptions`)."""
     parts = dict.fromkeys(("forward", "messages", "weight_grads", "factorization", "regularizer"), 0.0)
     narrow = narrow or [False] * len(net.layers)
     for i, (layer, rule, skip) in enumerate(zip(net.layers, net.rules, narrow)):
@@ -189,7 +268,8 @@ def step_flops(net: Network, batch: int, ortho_every: int = 1, narrow: list[bool
                 if rule.settings.inverse != "inv" and not solved:
                     parts["factorization"] += 2 * n**2 * rows  # columns of M^{-1} from the LU factors
         if layer.square and rule.settings.ortho_lambda > 0:
-            parts["regularizer"] += regularizer.gradient_flops(layer.square_matrix().shape[0]) / ortho_every
+            n = layer.square_matrix().shape[0]
+            parts["regularizer"] += regularizer.gradient_flops(n, symmetric_gram) / ortho_every
     parts["total"] = sum(parts.values())
     return parts
 
@@ -327,116 +407,116 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
 
 
 # ----- the run ------------------------------------------------------------------------------------------------------
-def validate(opts: BenchOptions) -> None:
-    """Refuse options that cannot run, with a message."""
-    if opts.net not in PRESETS:
+def validate(opts: BenchOptions) -> RunConfig:
+    """Refuse options that cannot run, with a message; returns the base run config (:func:`base_config`)."""
+    if opts.net is not None and opts.net not in PRESETS:
         raise ConfigError(f"unknown network preset {opts.net!r}; presets: {', '.join(sorted(PRESETS))}")
-    if not opts.rules:
-        raise ConfigError("no rules to benchmark; give e.g. --rules bp,gp")
-    for r in opts.rules:
-        get_rule(r)
-    if len(set(opts.rules)) != len(opts.rules):
-        raise ConfigError(f"rules listed twice: {','.join(opts.rules)}")
+    if opts.rules is not None:
+        if not opts.rules:
+            raise ConfigError("no rules to benchmark; give e.g. --rules bp,gp")
+        for r in opts.rules:
+            get_rule(r)
+        if len(set(opts.rules)) != len(opts.rules):
+            raise ConfigError(f"rules listed twice: {','.join(opts.rules)}")
     for name in ("batch", "steps", "repeats"):
-        if getattr(opts, name) < 1:
+        if getattr(opts, name) is not None and getattr(opts, name) < 1:
             raise ConfigError(f"--{name} must be at least 1, got {getattr(opts, name)}")
-    if opts.ortho_every < 1 or opts.steps % opts.ortho_every:
-        raise ConfigError(f"--steps ({opts.steps}) must be a multiple of --ortho-every ({opts.ortho_every}), so that "
-                          "every timed repeat holds the same share of steps with the regulariser")
     if opts.threads is not None and opts.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {opts.threads}")
     if opts.warmup < 0:
         raise ConfigError(f"--warmup must be >= 0, got {opts.warmup}")
-    if opts.dtype not in ("float32", "float64"):
+    if opts.dtype not in (None, "float32", "float64"):
         raise ConfigError(f"--dtype must be float32 or float64, got {opts.dtype!r}")
-    if opts.arithmetic not in ("difference", "target"):
+    if opts.arithmetic not in (None, "difference", "target"):
         raise ConfigError(f"--arithmetic must be difference or target, got {opts.arithmetic!r}")
-    if opts.check_numerics not in NUMERICS_CHECKS:
+    if opts.check_numerics is not None and opts.check_numerics not in NUMERICS_CHECKS:
         raise ConfigError(f"--check-numerics must be one of {NUMERICS_CHECKS}, got {opts.check_numerics!r}")
+    base = base_config(opts)
+    every = base.train.step.ortho_every
+    if opts.steps % every:
+        raise ConfigError(f"--steps ({opts.steps}) must be a multiple of ortho_every ({every}), so that every timed "
+                          "repeat holds the same share of steps with the regulariser")
+    return base
 
 
 def run(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> list[dict]:
     """Benchmark every case of ``opts``; one result dict per case (the ``--json`` rows)."""
-    validate(opts)
-    device = resolve_device(opts.device, "--device")
+    base = validate(opts)
+    device = resolve_device(base.train.device, "--device")
     tf32_before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     threads_before = torch.get_num_threads()
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
-    gait.compile_nudge(opts.compile)
     try:
-        return _run(opts, device, progress)
+        return _run(opts, base, device, progress)
     finally:
-        gait.compile_nudge(False)
         torch.set_num_threads(threads_before)
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32_before
 
 
-def _costs(case: Case) -> AbstractContextManager:
-    """The reference mode computes ``W W^T`` as the authors did, with one full matmul."""
-    return regularizer.textbook_products() if case.mode == "reference" else nullcontext()
-
-
-def _run(opts: BenchOptions, device: torch.device, progress: Callable[[str], None] | None) -> list[dict]:
+def _run(opts: BenchOptions, base: RunConfig, device: torch.device, progress: Callable[[str], None] | None
+         ) -> list[dict]:
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
-    cases = make_cases(opts)
+    cases = make_cases(opts, base)
+    batch = base.train.batch_size
+    net_name = base.network.preset or base.name
     built = {}
     for case in cases:
         if progress:
             progress(f"building {case.rule} ({case.mode}, {case.dtype})")
-        built[case] = build_case(opts, case)
+        built[case] = build_case(opts, case, base)
     times: dict[Case, list[float]] = {c: [] for c in cases}
     mm_times: dict[tuple[str, bool | None, int], list[dict[str, float]]] = {}
     # the matmul each case is compared with: [B, n] x [n, n] for its widest layer (rows of the weight)
     n_mm = {c: max(layer.weight.shape[0] for layer in built[c][0].net.layers) for c in cases}
     for case in cases:
-        sched, x, y = built[case]
+        sched, x, y, _ = built[case]
         _set_tf32(case.tf32)
-        with _costs(case):
-            for _ in range(opts.warmup):
-                sched.train_step(x, y)
+        for _ in range(opts.warmup):
+            sched.train_step(x, y)
     for r in range(opts.repeats):
         for case in cases:
-            sched, x, y = built[case]
+            sched, x, y, _ = built[case]
             _set_tf32(case.tf32)
-            with _costs(case):
-                times[case].append(time_steps(sched, x, y, opts.steps))
+            times[case].append(time_steps(sched, x, y, opts.steps))
             key = (case.dtype, case.tf32, n_mm[case])
             if len(mm_times.setdefault(key, [])) <= r:
-                mm_times[key].append(matmul_seconds(opts.batch, n_mm[case], sched.net.dtype, device))
+                mm_times[key].append(matmul_seconds(batch, n_mm[case], sched.net.dtype, device))
         if progress:
             progress(f"round {r + 1}/{opts.repeats}: " + ", ".join(
                 f"{_label(c.rule, c.mode, c.tf32)} {1000 * times[c][-1]:.0f} ms" for c in cases))
     rows = []
     for case in cases:
-        sched, x, y = built[case]
+        sched, x, y, cfg = built[case]
+        step = cfg.train.step
+        arithmetic, inverse = _gp_form(cfg)
         _set_tf32(case.tf32)
-        with _costs(case):
-            mem = step_memory_mb(sched, x, y)
-            syncs = host_syncs(sched, x, y)
-            flops = step_flops(sched.net, opts.batch, opts.ortho_every, sched.narrow)
+        mem = step_memory_mb(sched, x, y)
+        syncs = host_syncs(sched, x, y)
+        flops = step_flops(sched.net, batch, step.ortho_every, sched.narrow, step.symmetric_gram)
         t = statistics.median(times[case])
         q1, q3 = _quartiles(times[case])
         n = n_mm[case]
         mm = mm_times[(case.dtype, case.tf32, n)]
         mm_batch = statistics.median(m["batch"] for m in mm)
         mm_square = statistics.median(m["square"] for m in mm)
-        samples = opts.batch / t
-        epoch = next((v for k, v in EPOCH_SAMPLES.items() if opts.net.startswith(k)), None)
+        samples = batch / t
+        epoch = next((v for k, v in EPOCH_SAMPLES.items() if net_name.startswith(k)), None)
         rows.append({
-            "net": opts.net, "rule": case.rule, "mode": case.mode, "dtype": case.dtype,
-            "arithmetic": case.arithmetic, "inverse": case.inverse, "tf32": case.tf32, "batch": opts.batch,
+            "net": net_name, "rule": case.rule, "mode": case.mode, "dtype": case.dtype,
+            "arithmetic": arithmetic, "inverse": inverse, "tf32": case.tf32, "batch": batch,
             "ms_per_step": 1000 * t, "ms_min": 1000 * min(times[case]), "ms_max": 1000 * max(times[case]),
             "ms_q1": 1000 * q1, "ms_q3": 1000 * q3, "ms_repeats": [1000 * v for v in times[case]],
             "repeats": opts.repeats, "steps_per_repeat": opts.steps,
             "flop_per_step": flops["total"], "flop_parts": {k: v for k, v in flops.items() if k != "total"},
             "gflops": flops["total"] / t / 1e9,
-            "matmul_n": n, "matmul_gflops": 2 * opts.batch * n**2 / mm_batch / 1e9,
+            "matmul_n": n, "matmul_gflops": 2 * batch * n**2 / mm_batch / 1e9,
             "square_matmul_gflops": 2 * n**3 / mm_square / 1e9,
             "peak_mem_mb": mem, "state_mb": state_mb(sched), "host_syncs_per_step": syncs,
             "samples_per_s": samples, "epoch_samples": epoch, "epoch_s": None if epoch is None else epoch / samples,
-            "check_numerics": opts.check_numerics, "fused_adam": opts.fused_adam, "ortho_every": opts.ortho_every,
-            "skip_aux": opts.skip_aux, "narrow_layers": sum(sched.narrow), "compile": opts.compile,
+            "check_numerics": step.check_numerics, "fused_adam": step.fused_adam, "ortho_every": step.ortho_every,
+            "skip_aux": step.skip_aux, "narrow_layers": sum(sched.narrow), "compile": step.compile_nudge,
+            "step": asdict(step), "config": cfg.to_dict(),
             "device": str(device), "device_name": _device_name(device), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "load_start": load_start,
             "thp": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",

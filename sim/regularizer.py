@@ -2,14 +2,15 @@
 
 ``R = lambda sum_ij ((W W^T - I)_ij)^2`` with gradient ``4 lambda (W W^T - I) W``; conv kernels enter as their
 ``D x D`` patch matrices. It keeps ``W^{-1}`` close to ``W^T``, which is what makes GP's updates match BP's.
+
+``symmetric`` (``StepOptions.symmetric_gram``) chooses how ``W W^T`` is formed: from its upper block triangle
+(default) or, as the authors' implementation does, with one full matmul (the benchmark's reference-cost mode). The
+values are the same up to rounding.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 
 import torch
 from torch import Tensor
@@ -22,16 +23,17 @@ SYMMETRIC_MIN = 512
 SYMMETRIC_BLOCKS = 4
 
 
-def gram(w: Tensor) -> Tensor:
+def gram(w: Tensor, symmetric: bool = True) -> Tensor:
     """``W W^T`` ``[n, n]`` for ``w`` ``[n, n]``, a fresh tensor.
 
     The product is symmetric, so for large ``n`` only the block rows' upper parts are multiplied
     (``G[i, i:] = W_i W[i:]^T`` for ``SYMMETRIC_BLOCKS`` row blocks ``W_i``) and the lower blocks are mirrored: a
     symmetric rank-k update (BLAS ``syrk``), which torch does not expose, at the cost of a few large matmuls. Each entry
-    is the same dot product as in ``w @ w.T`` (rounded as the matmul kernel rounds it).
+    is the same dot product as in ``w @ w.T`` (rounded as the matmul kernel rounds it). ``symmetric=False``: always
+    the one full matmul (``2 n^3``).
     """
     n = w.shape[0]
-    if not _symmetric(n):
+    if not _symmetric(n, symmetric):
         return w @ w.transpose(0, 1)
     g = torch.empty((n, n), dtype=w.dtype, device=w.device)
     edges = _block_edges(n)
@@ -41,43 +43,29 @@ def gram(w: Tensor) -> Tensor:
     return g
 
 
-_SYMMETRIC: ContextVar[bool] = ContextVar("gaitsim_symmetric_gram", default=True)
-
-
-@contextmanager
-def textbook_products() -> Iterator[None]:
-    """Within this block ``W W^T`` is one full matmul (``2 n^3``), as the authors' implementation computes it; the
-    benchmark's reference-cost mode runs inside it. The values are the same up to rounding."""
-    token = _SYMMETRIC.set(False)
-    try:
-        yield
-    finally:
-        _SYMMETRIC.reset(token)
-
-
-def _symmetric(n: int) -> bool:
-    return n >= SYMMETRIC_MIN and _SYMMETRIC.get()
+def _symmetric(n: int, symmetric: bool) -> bool:
+    return symmetric and n >= SYMMETRIC_MIN
 
 
 def _block_edges(n: int) -> list[int]:
     return [round(i * n / SYMMETRIC_BLOCKS) for i in range(SYMMETRIC_BLOCKS + 1)]
 
 
-def gradient_flops(n: int) -> int:
+def gradient_flops(n: int, symmetric: bool = True) -> int:
     """Matmul flops of :func:`gradient` for an ``n x n`` weight: :func:`gram`'s products plus ``2 n^3``."""
-    if not _symmetric(n):
+    if not _symmetric(n, symmetric):
         return 4 * n**3
     edges = _block_edges(n)
     return sum(2 * (hi - lo) * (n - lo) * n for lo, hi in zip(edges[:-1], edges[1:])) + 2 * n**3
 
 
-def gram_residual(w: Tensor) -> Tensor:
+def gram_residual(w: Tensor, symmetric: bool = True) -> Tensor:
     """``W W^T - I`` for a square ``w`` ``[n, n]``.
 
     The identity is subtracted in place on the diagonal: the same values as ``gram - eye`` (off-diagonal entries
     minus 0 are exact) without building an ``n x n`` identity and a second ``n x n`` result every step.
     """
-    g = gram(w)
+    g = gram(w, symmetric)
     g.diagonal().sub_(1)
     return g
 
@@ -87,13 +75,13 @@ def penalty(w: Tensor, lam: float) -> Tensor:
     return lam * gram_residual(w).square().sum()
 
 
-def gradient(w: Tensor, lam: float) -> Tensor:
+def gradient(w: Tensor, lam: float, symmetric: bool = True) -> Tensor:
     """``dR/dW = 4 lambda (W W^T - I) W`` ``[n, n]``, a fresh tensor the caller may modify in place.
 
-    Two ``n x n`` products: ``W W^T`` symmetric (:func:`gram`, ``1.25 n^3`` flops for large ``n``) and a full
+    Two ``n x n`` products: ``W W^T`` (:func:`gram`, ``1.25 n^3`` flops for large ``n`` when ``symmetric``) and a full
     ``2 n^3`` matmul; the scaling is done in place on the product, so no further ``n x n`` temporary is made.
     """
-    return torch.mm(gram_residual(w), w).mul_(4 * lam)
+    return torch.mm(gram_residual(w, symmetric), w).mul_(4 * lam)
 
 
 def ortho_error(w: Tensor) -> float:

@@ -10,7 +10,11 @@ from the scheduler's seeded generator. A std of 0 draws nothing, so it is bitwis
 Updates land in ``.grad`` (raw update plus the regulariser's gradient), so one ``torch.optim.Adam`` with a parameter
 group per layer (its rule's lr, betas, eps) serves every rule.
 
-Numerics checks come in three modes (``Scheduler(check_numerics=...)``): ``'tensor'`` (``True``) checks every message
+What a step computes and how is one frozen value, :class:`~sim.step_options.StepOptions` (``Scheduler(net,
+options=...)``, a run's ``train.step``), passed down explicitly to the phases, rules and layers: no process-wide switch
+changes a step.
+
+Numerics checks come in three modes (``StepOptions.check_numerics``): ``'tensor'`` (``True``) checks every message
 and update as it is made and stops at the first NaN/Inf with its layer named (one host-device sync per tensor);
 ``'step'`` accumulates one on-device flag per step, reads it once at the end of :meth:`Scheduler.compute` and, if it is
 set, repeats the step (same noise) with per-tensor checks, which raise the same error as ``'tensor'``; ``'off'``
@@ -19,7 +23,6 @@ set, repeats the step (same noise) with per-tensor checks, which raise the same 
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -27,9 +30,13 @@ from torch import Tensor
 
 from sim import regularizer
 from sim.errors import ConfigError, NonFiniteError, ShapeError
-from sim.layers.base import deferred_checks
+from sim.linalg import Check
 from sim.message import Message
 from sim.network import Network, seed_streams
+from sim.step_options import DEFAULT_STEP, NUMERICS_CHECKS, StepOptions
+
+__all__ = ["NUMERICS_CHECKS", "Check", "ForwardPass", "NoiseFloor", "Scheduler", "StepOptions", "StepResult",
+           "forward_phase", "message_phase", "output_error", "plasticity_phase"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,7 @@ class ForwardPass:
             where ``narrow[l]`` only its forwarded units, ``[B, width_l, ...]`` (aux units skipped).
         noise: the activity noise added to layer l's pre-activation (None where none), full shape, so a BP
             reference can replay it.
-        narrow: ``narrow[l]``: layer l ran on its forwarded units only (see :class:`Scheduler`, ``skip_aux``).
+        narrow: ``narrow[l]``: layer l ran on its forwarded units only (see :attr:`Scheduler.narrow`).
     """
 
     inputs: list[Tensor]
@@ -97,14 +104,6 @@ class StepResult:
 
 def _gaussian(like: Tensor, std: float, generator: torch.Generator) -> Tensor:
     return std * torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
-
-
-#: the numerics-check modes of :class:`Scheduler` (``True`` is 'tensor', ``False`` is 'off')
-NUMERICS_CHECKS = ("tensor", "step", "off")
-
-#: what the phases accept as ``check``: True (raise at the first NaN/Inf), False (nothing), or a list that collects
-#: one on-device flag per checked tensor (True: non-finite), for the caller to read once
-Check = bool | list[Tensor]
 
 
 def _check_finite(layer, tensor: Tensor, quantity: str, step: int | None, check: Check) -> None:
@@ -145,11 +144,13 @@ def output_error(net: Network, a_out: Tensor, y: Tensor, narrow: bool = False) -
 
 
 def message_phase(net: Network, fp: ForwardPass, y: Tensor, message_std: tuple[float, ...] | None = None,
-                  generator: torch.Generator | None = None, check: Check = True, step: int | None = None
-                  ) -> tuple[list[Message], Tensor]:
+                  generator: torch.Generator | None = None, check: Check = True, step: int | None = None,
+                  options: StepOptions = DEFAULT_STEP) -> tuple[list[Message], Tensor]:
     """Top-down: the output error, then each layer's rule makes the message for the layer below.
 
-    Returns ``(messages, loss)`` with ``messages[l]`` the message layer l received. ``check``: see :data:`Check`.
+    Returns ``(messages, loss)`` with ``messages[l]`` the message layer l received. ``check``: see
+    :data:`sim.linalg.Check` (it reaches the rules too: GP's factorisation checks the conditioning through it);
+    ``options``: the step's options, passed to every rule.
     A layer that ran narrow (``fp.narrow``) receives its message about the forwarded units only: the zeros the aux
     units would get are not materialised.
     """
@@ -169,7 +170,7 @@ def message_phase(net: Network, fp: ForwardPass, y: Tensor, message_std: tuple[f
         messages[i] = msg
         if i == 0:
             break
-        down = rules[i].message_down(layers[i], fp.inputs[i], fp.outputs[i], msg)
+        down = rules[i].message_down(layers[i], fp.inputs[i], fp.outputs[i], msg, check=check, options=options)
         _check_finite(layers[i - 1], down.d, "target difference (message from above)", step, check)
         _check_finite(layers[i - 1], down.m, "message multiplier", step, check)
         msg = Message(down.d if narrow[i - 1] else layers[i - 1].embed(down.d), down.m)
@@ -195,63 +196,52 @@ class Scheduler:
         net: the network.
         noise: noise floors (default: none).
         seed: seeds the noise generator.
-        check_numerics: stop with a :class:`NonFiniteError` naming step, layer and quantity at the first NaN/Inf.
-            ``True`` or ``'tensor'``: check each tensor as it is made (one host sync per tensor); ``'step'``: one
-            on-device flag per step, read once, the step repeated with per-tensor checks if it is set (same errors,
-            one sync per step); ``False`` or ``'off'``: no checks and no host-device sync inside a step (for speed on
-            GPUs once a setup is trusted; the training loop still checks the loss at the end of each epoch).
-        fused_adam: take the Adam step with torch's fused kernel (one pass over each parameter, no temporaries;
-            several times faster on CPU). The same algorithm; it rounds differently from torch's for-loop Adam in the
-            last bit. ``False`` uses the for-loop (CPU) or foreach (CUDA) implementation.
-        ortho_every: apply the orthogonality regulariser only at every k-th step (steps 0, k, 2k, ...) with k times
-            its weight, saving most of its cost (four ``n^3`` matmuls per square layer and step). This trades
-            fidelity for speed (the weights drift further from orthogonal between applications, and Adam rescales
-            the sparse, k-fold kicks): 1, the default, is the reference. Measured in docs/performance.md.
-        skip_aux: run a square layer on its forwarded units only wherever that changes nothing but float rounding:
-            its rule says so (GP/vGP in difference form, :meth:`~sim.rules.base.Rule.skips_aux`) and it gets no
-            message noise (which would make its aux units' ``d`` non-zero). Its aux units receive ``d = 0``, so
-            their activities are never read, their nudge, ``delta`` and update rows are zero, and only the first
-            ``width`` columns of ``W^{-1}`` carry anything down. This removes most of a square conv layer's cost
-            (``D = C k^2`` channels against ``filters``). ``False`` computes every aux unit, for inspecting them in
-            :attr:`StepResult.forward`; the updates are the same. :attr:`narrow` lists which layers skip.
+        options: what a step computes and how (:class:`~sim.step_options.StepOptions`: numerics checks, aux
+            skipping, regulariser interval, fused Adam, the ``W W^T`` form, the compiled nudge); default: the
+            reference step with per-tensor numerics checks. Kept as :attr:`options`.
     """
 
     def __init__(self, net: Network, noise: NoiseFloor | None = None, seed: int = 0,
-                 check_numerics: bool | str = True, fused_adam: bool = True, ortho_every: int = 1,
-                 skip_aux: bool = True) -> None:
+                 options: StepOptions = DEFAULT_STEP) -> None:
+        if not isinstance(options, StepOptions):
+            raise ConfigError(f"options must be a StepOptions, got {type(options).__name__}; build one with "
+                              "sim.step_options.StepOptions(check_numerics=..., skip_aux=..., ...)")
         self.net = net
         self.noise = noise or NoiseFloor()
+        #: what a step computes and how (frozen)
+        self.options = options
         depth = len(net.layers)
         self.message_std = self.noise.per_layer("message_std", depth)
         self.activity_std = self.noise.per_layer("activity_std", depth)
-        modes = {True: "tensor", False: "off", **{m: m for m in NUMERICS_CHECKS}}
-        if not isinstance(check_numerics, (bool, str)) or check_numerics not in modes:
-            raise ConfigError(f"check_numerics must be True, False or one of {NUMERICS_CHECKS}, got {check_numerics!r}")
-        #: the numerics-check mode: 'tensor', 'step' or 'off'
-        self.numerics = modes[check_numerics]
-        if isinstance(ortho_every, bool) or not isinstance(ortho_every, int) or ortho_every < 1:
-            raise ConfigError(f"ortho_every must be a positive integer (1: every step), got {ortho_every!r}")
-        self.ortho_every = ortho_every
-        self.skip_aux = bool(skip_aux)
         self.generator = torch.Generator(device=net.device).manual_seed(seed_streams(seed, 3)[2])
         groups = []
         for layer, rule in zip(net.layers, net.rules):
             s = rule.settings
             groups.append({"params": [layer.weight, layer.bias], "lr": s.lr, "betas": tuple(s.betas), "eps": s.eps,
                            "name": layer.name})
-        self.optimizer = torch.optim.Adam(groups, fused=True) if fused_adam else torch.optim.Adam(groups)
+        self.optimizer = torch.optim.Adam(groups, fused=True) if options.fused_adam else torch.optim.Adam(groups)
         self.step_count = 0
+
+    @property
+    def numerics(self) -> str:
+        """The numerics-check mode: 'tensor', 'step' or 'off' (``options.check_numerics``)."""
+        return self.options.check_numerics
 
     @property
     def check_numerics(self) -> bool:
         """Whether steps check for NaN/Inf at all (:attr:`numerics` is not 'off')."""
-        return self.numerics != "off"
+        return self.options.checks
 
     @property
     def narrow(self) -> list[bool]:
-        """``narrow[l]``: layer l runs on its forwarded units only (see ``skip_aux``). Read from the rules' current
-        settings at every step, so a rule switched to the target form afterwards computes its aux units again."""
-        return [self.skip_aux and layer.square and layer.width < layer.out_shape[0] and rule.skips_aux() and std == 0
+        """``narrow[l]``: layer l runs on its forwarded units only (``options.skip_aux``): its rule says so (GP/vGP in
+        difference form, :meth:`~sim.rules.base.Rule.skips_aux`) and it gets no message noise (which would make its
+        aux units' ``d`` non-zero). Its aux units then receive ``d = 0``, so their activities are never read, their
+        nudge, ``delta`` and update rows are zero, and only the first ``width`` columns of ``W^{-1}`` carry anything
+        down. Read from the rules' current settings at every step, so a rule switched to the target form afterwards
+        computes its aux units again."""
+        skip = self.options.skip_aux
+        return [skip and layer.square and layer.width < layer.out_shape[0] and rule.skips_aux() and std == 0
                 for layer, rule, std in zip(self.net.layers, self.net.rules, self.message_std)]
 
     # ----- inputs -------------------------------------------------------------------------------------------------
@@ -314,25 +304,25 @@ class Scheduler:
 
     def _compute(self, x: Tensor, y: Tensor, check: Check) -> StepResult:
         x, y = self._check_batch(x, y, check)
-        # factorize()'s conditioning check: synchronous (True), collected with the step's flags (list), or skipped
-        checks = nullcontext() if check is True else deferred_checks(check if isinstance(check, list) else None)
-        with checks:
-            fp = forward_phase(self.net, x, self.draw_activity_noise(x), self.narrow)
-            messages, loss = message_phase(self.net, fp, y, self.message_std, self.generator, check,
-                                           self.step_count)
-            updates = plasticity_phase(self.net, fp, messages, check, self.step_count)
+        fp = forward_phase(self.net, x, self.draw_activity_noise(x), self.narrow)
+        # check also reaches GP's factorisation: its conditioning check is synchronous (True), collected with the
+        # step's flags (list) or skipped (False)
+        messages, loss = message_phase(self.net, fp, y, self.message_std, self.generator, check, self.step_count,
+                                       self.options)
+        updates = plasticity_phase(self.net, fp, messages, check, self.step_count)
         logits = self.net.layers[-1].read(fp.outputs[-1])
         return StepResult(loss=loss, logits=logits, forward=fp, messages=messages, updates=updates)
 
     @torch.no_grad()
     def apply(self, result: StepResult) -> None:
         """Write raw update + regulariser gradient into ``.grad`` and take the Adam step."""
-        every = self.ortho_every
+        every = self.options.ortho_every
         for layer, rule, upd in zip(self.net.layers, self.net.rules, result.updates):
             grad_w = upd["weight"]
             lam = rule.settings.ortho_lambda
             if layer.square and lam > 0 and self.step_count % every == 0:
-                reg = regularizer.gradient(layer.square_matrix(), lam * every).reshape(grad_w.shape)
+                reg = regularizer.gradient(layer.square_matrix(), lam * every, self.options.symmetric_gram)
+                reg = reg.reshape(grad_w.shape)
                 # added into the fresh regulariser tensor (a + b == b + a bit for bit): the raw update in
                 # ``result`` stays untouched and no third weight-sized tensor is allocated
                 grad_w = reg.add_(grad_w)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from sim import Network, Scheduler, preset
 from sim.bench import BenchOptions, run, step_flops
 from sim.cli import main
+from sim.config import build_network, build_scheduler, load_config
+from sim.step_options import StepOptions
 from tests.helpers import batch
 
 #: one torch thread: the tiny steps here are faster single-threaded on a shared 2-core box (tests/conftest.py)
@@ -57,6 +62,28 @@ def test_bench_without_reference_and_with_options(capsys):
     assert r["ratio_to_bp"] is None and r["speedup_vs_reference"] is None
 
 
+def test_a_case_is_a_run_config_and_a_run_of_it_takes_the_same_step(capsys, tmp_path):
+    path = tmp_path / "gp.yaml"
+    doc = load_config(Path(__file__).resolve().parents[1] / "configs" / "digits_shallow_gp.yaml").to_dict()
+    doc["train"]["step"] = {"check_numerics": "off", "ortho_every": 2, "skip_aux": False}
+    doc["train"]["batch_size"] = 8
+    path.write_text(yaml.safe_dump(doc))
+    (row,) = _bench(capsys, "--config", str(path))  # no --rules: the config's rules, one case
+    assert (row["rule"], row["batch"], row["check_numerics"], row["ortho_every"], row["skip_aux"]) == (
+        "gp", 8, "off", 2, False)
+    assert row["step"] == {**asdict(StepOptions()), "check_numerics": "off", "ortho_every": 2, "skip_aux": False}
+    # the row's config is a run config whose scheduler computes the benchmarked step
+    cfg = load_config(row["config"])
+    assert cfg.train.step == StepOptions(**row["step"])
+    assert build_scheduler(cfg, build_network(cfg)).options == cfg.train.step
+    # flags override the file
+    (row,) = _bench(capsys, "--config", str(path), "--check-numerics", "step", "--rules", "bp", "--batch", "4")
+    assert (row["rule"], row["batch"], row["check_numerics"], row["ortho_every"]) == ("bp", 4, "step", 2)
+    rows = _bench(capsys, "--config", str(path), "--rules", "gp", "--reference-cost")
+    ref = next(r for r in rows if r["mode"] == "reference")
+    assert ref["step"]["symmetric_gram"] is False and ref["config"]["train"]["step"]["symmetric_gram"] is False
+
+
 def test_bench_table_output_and_bad_options(capsys):
     assert main(["bench", "--net", "digits_shallow", "--rules", "bp", "--batch", "4", "--steps", "1", "--repeats",
                  "1", "--warmup", "0", "--threads", "1"]) == 0
@@ -78,7 +105,7 @@ def test_bench_table_output_and_bad_options(capsys):
 def test_analytic_flops_match_torch_flop_counter(name, kwargs, rule, skip_aux, size):
     net = Network(preset(name, rule, **kwargs))
     x, y = batch(net, size)
-    sched = Scheduler(net, skip_aux=skip_aux)
+    sched = Scheduler(net, options=StepOptions(skip_aux=skip_aux))
     assert any(sched.narrow) == (skip_aux and rule == "gp")
     with FlopCounterMode(display=False) as counter:
         sched.train_step(x, y)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,3 +55,24 @@ def test_a_subcommand_whose_module_is_missing_is_an_error_not_an_absent_command(
     monkeypatch.setitem(cli_module.COMMANDS, "gone", "sim.commands.gone")
     with pytest.raises(ModuleNotFoundError, match="sim.commands.gone"):
         cli_module.build_parser()
+
+
+def test_angles_builds_its_case_from_a_run_config(tmp_path, capsys):
+    import yaml
+
+    from sim.config import load_config
+
+    doc = load_config(Path(__file__).resolve().parents[1] / "configs" / "digits_shallow_vgp.yaml").to_dict()
+    doc["train"]["step"] = {"check_numerics": "step", "skip_aux": False}
+    path = tmp_path / "vgp.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert cli(["angles", "--config", str(path), "--batch", "16", "--json"]) == 0
+    from_config = json.loads(capsys.readouterr().out)
+    assert len(from_config["layers"]) == 4
+    # the same case from flags: the same numbers (skip_aux and the check mode change nothing but rounding)
+    assert cli(["angles", "--net", "digits_shallow", "--rule", "vgp", "--batch", "16", "--json"]) == 0
+    from_flags = json.loads(capsys.readouterr().out)
+    assert from_flags["layers"] == from_config["layers"]
+    assert from_flags["angle_deg"] == pytest.approx(from_config["angle_deg"], abs=1e-3)
+    assert cli(["angles", "--batch", "4"]) == 2
+    assert "give --net and --rule, or a run config with --config" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from sim.presets import PRESETS
 from sim.rules import RULES, get_rule
 from sim.rules.base import ARITHMETICS, INVERSE_METHODS
 from sim.schedule import NoiseFloor
+from sim.step_options import StepOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -55,7 +56,8 @@ def test_schema_sections_match_the_dataclasses():
     props, defs = s["properties"], s["$defs"]
     pairs = [(props["network"], NetworkSection), (props["data"], DataSection), (props["train"], TrainSection),
              (props["record"], RecordSection), (props["noise"], NoiseFloor), (defs["layer"], LayerSpec),
-             (defs["rule_settings"], get_rule("gp").defaults.__class__)]
+             (defs["rule_settings"], get_rule("gp").defaults.__class__),
+             (props["train"]["properties"]["step"], StepOptions)]
     for section, cls in pairs:
         assert set(section["properties"]) == {f.name for f in fields(cls)}, cls.__name__
         for f in fields(cls):
@@ -164,6 +166,9 @@ def test_imagenet_configs_load_but_refuse_to_run_without_a_path(tmp_path):
     (lambda d: d["record"].update(probe_epochs=[0, 9]), r"record\.probe_epochs: epoch\(s\) \[9\] come after"),
     (lambda d: d["record"].update(angle_every=-1), r"record\.angle_every: -1 is less than the minimum of 0"),
     (lambda d: d["train"].update(device="gpu"), r"train\.device: 'gpu' does not match"),
+    (lambda d: d["train"].update(step={"skip_auxx": False}), r"train\.step: unknown key 'skip_auxx'.*'skip_aux'"),
+    (lambda d: d["train"].update(step={"check_numerics": "never"}), r"train\.step\.check_numerics: 'never' is not one"),
+    (lambda d: d["train"].update(step={"ortho_every": 0}), r"train\.step\.ortho_every: 0 is less than the minimum"),
 ])
 def test_bad_configs_name_the_key(tiny_config, change, pattern):
     doc = tiny_config()

@@ -99,3 +99,42 @@ def test_network_moves_between_dtypes_and_refuses_mixed_batches():
     assert all(p.dtype == torch.float32 for p in net.parameters())
     x, y = batch(net, 4)
     Scheduler(net).compute(x, y)
+
+
+MESSAGES = ("transpose", "feedback", "inverse", "inverse_target", "local_gradients")
+
+
+def test_the_layer_interface_is_declared_on_layer_and_implemented_by_every_kind():
+    import inspect
+
+    from sim.errors import ShapeError
+    from sim.layers import Conv, Dense, Layer
+
+    for kind in (Dense, Conv):
+        for name in MESSAGES:
+            assert getattr(kind, name) is not getattr(Layer, name), (kind.__name__, name)
+            # the kinds keep the declared signature (same parameters, in order)
+            assert list(inspect.signature(getattr(kind, name)).parameters) == \
+                list(inspect.signature(getattr(Layer, name)).parameters), (kind.__name__, name)
+        for name in MESSAGES:
+            assert getattr(Layer, name).__doc__ and "[B, " in getattr(Layer, name).__doc__, name
+
+    class Pool(Layer):
+        """A layer kind that implements none of the messages."""
+
+    layer = Pool("pool1")
+    t = torch.zeros(1, 2)
+    for name, args in (("transpose", (t,)), ("feedback", (t, t)), ("inverse", (t, None)),
+                       ("inverse_target", (t, None)), ("local_gradients", (t, t))):
+        with pytest.raises(ShapeError, match=rf"layer 'pool1' \(Pool\) does not implement {name}"):
+            getattr(layer, name)(*args)
+
+
+def test_a_step_reads_no_process_wide_switch():
+    """Every option of a step is a StepOptions field: no ContextVar or module global in sim/ changes a step."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "sim"
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if "ContextVar" in p.read_text() or (p.name != "faults.py" and "\n    global " in p.read_text())]
+    assert offenders == []

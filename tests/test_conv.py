@@ -23,6 +23,7 @@ from sim.layers import BUILDERS, Conv, Dense
 from sim.network import LayerSpec, NetworkConfig
 from sim.presets import IMAGENET_CONVS, conv_feature_map, conv_stack
 from sim.rules import RULES
+from sim.step_options import StepOptions
 
 F64 = torch.float64
 
@@ -239,7 +240,7 @@ def test_every_pair_of_rules_mixes_across_conv_and_dense_boundaries(lower, upper
         net = Network(conv_stack((3, 12, 12), TINY_CONVS, 10, rules=rules, settings={}, dtype="float64",
                                  device="cpu", seed=1))
         x, y = batch(net, seed=2)
-        full = Scheduler(net, skip_aux=False).compute(x, y)
+        full = Scheduler(net, options=StepOptions(skip_aux=False)).compute(x, y)
         sched = Scheduler(net)
         result = sched.train_step(x, y)
         assert math.isfinite(result.loss.item())

@@ -4,7 +4,7 @@
   angles to BP within 0.05 degrees per layer and the same updates, on every preset, dense and conv;
 * the three numerics-check modes give bit-identical steps, the deferred ones raise the same errors, and the
   non-checking and per-step modes read nothing back from the device but the one flag;
-* skipping the aux units of difference-form GP layers (``Scheduler(skip_aux=True)``, the default) changes nothing
+* skipping the aux units of difference-form GP layers (``StepOptions(skip_aux=True)``, the default) changes nothing
   but rounding, and is not done where the aux units are read (target form, message noise);
 * the in-place regulariser equals the textbook formula bit for bit; ``ortho_every`` and fused Adam do what they say.
 """
@@ -21,7 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from sim import Network, NoiseFloor, NonFiniteError, Scheduler, ShapeError, SingularLayerError, compare, preset
 from sim import regularizer as reg
 from sim.correspondence import angle_deg
-from sim.layers.base import deferred_checks, factorize
+from sim.linalg import factorize
+from sim.step_options import StepOptions
 from tests.helpers import batch, perturb
 
 #: one torch thread: the small steps here are faster single-threaded on a shared 2-core box (tests/conftest.py)
@@ -82,7 +83,7 @@ def test_fast_gp_matches_the_exact_inverse_in_float64(name, rule):
 def test_skipping_aux_units_changes_nothing_but_rounding(name):
     net = _net(name, "gp", "float64")
     x, y = batch(net, 6)
-    full = Scheduler(net, skip_aux=False).compute(x, y)
+    full = Scheduler(net, options=StepOptions(skip_aux=False)).compute(x, y)
     sched = Scheduler(net)
     fast = sched.compute(x, y)
     has_aux = [layer.square and layer.width < layer.out_shape[0] for layer in net.layers]
@@ -115,7 +116,7 @@ def test_aux_units_are_computed_where_they_are_read():
     assert noisy.narrow == [a and i != 2 for i, a in enumerate(has_aux)] and has_aux[2]
     x, y = batch(net, 4)
     assert noisy.compute(x, y).messages[2].d.shape[1:] == net.layers[2].out_shape
-    assert not any(Scheduler(net, skip_aux=False).narrow)
+    assert not any(Scheduler(net, options=StepOptions(skip_aux=False)).narrow)
     # decided at every step from the rules' current settings
     sched = Scheduler(net)
     assert sched.narrow == has_aux
@@ -129,7 +130,7 @@ def test_aux_units_are_computed_where_they_are_read():
 def test_numerics_modes_compute_bit_identical_steps(mode):
     nets = [_net("digits_deep", "gp", "float32") for _ in range(2)]
     x, y = batch(nets[0], 8)
-    ref, got = Scheduler(nets[0]), Scheduler(nets[1], check_numerics=mode)
+    ref, got = Scheduler(nets[0]), Scheduler(nets[1], options=StepOptions(check_numerics=mode))
     for _ in range(3):
         a, b = ref.train_step(x, y), got.train_step(x, y)
         for ua, ub in zip(a.updates, b.updates):
@@ -139,14 +140,15 @@ def test_numerics_modes_compute_bit_identical_steps(mode):
 
 
 def test_numerics_mode_is_validated():
-    net = _net("digits_shallow", "bp", "float32")
     with pytest.raises(Exception, match="check_numerics must be"):
-        Scheduler(net, check_numerics="sometimes")
+        StepOptions(check_numerics="sometimes")
+    with pytest.raises(Exception, match="options must be a StepOptions"):
+        Scheduler(_net("digits_shallow", "bp", "float32"), options={"check_numerics": "off"})
 
 
 def _raised(make_net, x, y, mode):
     try:
-        Scheduler(make_net(), check_numerics=mode).compute(x, y)
+        Scheduler(make_net(), options=StepOptions(check_numerics=mode)).compute(x, y)
     except (NonFiniteError, ShapeError, SingularLayerError) as exc:
         return type(exc), str(exc)
     return None
@@ -184,7 +186,8 @@ def test_step_mode_repeats_a_flagged_step_with_the_same_noise():
     nets = [_net("digits_shallow", "gp", "float32") for _ in range(2)]
     x, y = batch(nets[0], 4)
     noise = NoiseFloor(message_std=1e-3, activity_std=1e-2)
-    ref, got = Scheduler(nets[0], noise=noise, seed=3), Scheduler(nets[1], noise=noise, seed=3, check_numerics="step")
+    ref, got = Scheduler(nets[0], noise=noise, seed=3), Scheduler(nets[1], noise=noise, seed=3,
+                                                            options=StepOptions(check_numerics="step"))
     calls = []
     original = got._compute
 
@@ -226,7 +229,7 @@ class _Reads:
 def test_a_step_reads_nothing_back_from_the_device(monkeypatch, name, mode, reads):
     net = _net(name, "gp", "float32")
     x, y = batch(net, 4)
-    sched = Scheduler(net, check_numerics=mode)
+    sched = Scheduler(net, options=StepOptions(check_numerics=mode))
     sched.train_step(x, y)  # Adam's first step creates its state
     counter = _Reads(monkeypatch)
     sched.train_step(x, y)
@@ -258,17 +261,16 @@ def test_symmetric_gram_is_the_matmul_up_to_rounding(dtype):
         reg.gradient(w, 100.0)
     assert counter.get_total_flops() == reg.gradient_flops(n) < 4 * n**3
     # the benchmark's reference-cost mode: one full matmul, as the authors computed it
-    with reg.textbook_products():
-        assert torch.equal(reg.gram(w), full)
-        with FlopCounterMode(display=False) as counter:
-            reg.gradient(w, 100.0)
-        assert counter.get_total_flops() == reg.gradient_flops(n) == 4 * n**3
+    assert torch.equal(reg.gram(w, symmetric=False), full)
+    with FlopCounterMode(display=False) as counter:
+        reg.gradient(w, 100.0, symmetric=False)
+    assert counter.get_total_flops() == reg.gradient_flops(n, symmetric=False) == 4 * n**3
 
 
 def test_ortho_every_applies_k_times_the_regulariser_every_k_steps():
     net = _net("digits_shallow", "gp", "float32")
     x, y = batch(net, 4)
-    sched = Scheduler(net, ortho_every=3)
+    sched = Scheduler(net, options=StepOptions(ortho_every=3))
     lam = net.rules[1].settings.ortho_lambda
     for step in range(4):
         w = net.layers[1].weight.detach().clone()
@@ -278,13 +280,13 @@ def test_ortho_every_applies_k_times_the_regulariser_every_k_steps():
         expected = raw + reg.gradient(w, 3 * lam) if step % 3 == 0 else raw
         torch.testing.assert_close(net.layers[1].weight.grad, expected)
     with pytest.raises(Exception, match="ortho_every"):
-        Scheduler(net, ortho_every=0)
+        StepOptions(ortho_every=0)
 
 
 def test_fused_adam_is_adam():
     nets = [_net("digits_deep", "gp", "float32") for _ in range(2)]
     x, y = batch(nets[0], 8)
-    fused, loop = Scheduler(nets[0]), Scheduler(nets[1], fused_adam=False)
+    fused, loop = Scheduler(nets[0]), Scheduler(nets[1], options=StepOptions(fused_adam=False))
     for _ in range(3):
         fused.train_step(x, y)
         loop.train_step(x, y)
@@ -300,13 +302,11 @@ def test_deferred_factorize_checks_collect_a_flag_and_skip_when_asked():
     nearly[3] = nearly[4]  # singular up to rounding: the LU pivots give it away
     cases = [("lu", q, False), ("lu", singular, True), ("lu", nearly, True), ("inv", q, False), ("inv", singular, True)]
     flags: list = []
-    with deferred_checks(flags):
-        for method, m, _ in cases:
-            factorize(m, layer="m", method=method)  # no error: the flag says it
+    for method, m, _ in cases:
+        factorize(m, layer="m", method=method, check=flags)  # no error: the flag says it
     assert [bool(f) for f in flags] == [bad for _, _, bad in cases]
-    with deferred_checks(None):
-        for method, m, _ in cases:
-            factorize(m, layer="m", method=method)
+    for method, m, _ in cases:
+        factorize(m, layer="m", method=method, check=False)
     for method, m, bad in cases:
         if bad:
             with pytest.raises(SingularLayerError, match="layer 'm'"):
@@ -315,15 +315,9 @@ def test_deferred_factorize_checks_collect_a_flag_and_skip_when_asked():
 
 @pytest.mark.slow
 def test_compiled_nudge_gives_the_eager_values():
-    from sim.rules import gait
-
     nets = [_net("digits_shallow", "gp", "float32") for _ in range(2)]
     x, y = batch(nets[0], 8)
     eager = Scheduler(nets[0]).compute(x, y)
-    gait.compile_nudge(True)
-    try:
-        compiled = Scheduler(nets[1]).compute(x, y)
-    finally:
-        gait.compile_nudge(False)
+    compiled = Scheduler(nets[1], options=StepOptions(compile_nudge=True)).compute(x, y)
     for ua, ub in zip(eager.updates, compiled.updates):
         assert all(torch.equal(ua[k], ub[k]) for k in ua)

@@ -446,8 +446,8 @@ def _nan_activity(monkeypatch, flag):
 def _nan_target(monkeypatch, flag):
     original = GaitProp.message_down
 
-    def message_down(self, layer, a_in, a, msg):
-        down = original(self, layer, a_in, a, msg)
+    def message_down(self, layer, a_in, a, msg, **kwargs):
+        down = original(self, layer, a_in, a, msg, **kwargs)
         return Message(down.d * torch.nan, down.m) if flag["on"] and layer.name == "dense3" else down
 
     monkeypatch.setattr(GaitProp, "message_down", message_down)

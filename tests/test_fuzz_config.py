@@ -114,7 +114,11 @@ def valid_configs(draw, buildable: bool = False):
     train = {"epochs": as_float_sometimes(draw, epochs)}
     optional = {
         "batch_size": st.integers(1, 4096), "seed": st.integers(0, 2**63 - 1),
-        "dtype": st.sampled_from(["float32", "float64"]), "check_numerics": st.booleans(),
+        "dtype": st.sampled_from(["float32", "float64"]),
+        "step": st.fixed_dictionaries({}, optional={
+            "check_numerics": st.sampled_from([True, False, "tensor", "step", "off"]),
+            "ortho_every": st.integers(1, 1000), "skip_aux": st.booleans(), "fused_adam": st.booleans(),
+            "symmetric_gram": st.booleans(), "compile_nudge": st.booleans()}),
         "drop_last": st.booleans(), "eval_batch_size": st.integers(1, 4096), "num_workers": st.integers(0, 8),
         "on_nonfinite": st.sampled_from(["stop", "retry"]), "retry_lr_factor": st.floats(0.01, 0.99),
         "max_retries": st.integers(0, 100),

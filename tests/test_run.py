@@ -365,7 +365,7 @@ def test_archive_errors_are_gaitsim_errors():
 
 def test_without_checks_a_nan_is_caught_when_the_epoch_is_flushed(tmp_path, tiny_config):
     doc = tiny_config(network={"preset": "digits_deep"}, rules="bp", settings={"bp": {"lr": 1e10}}, data=SMALL,
-                      train={"check_numerics": False}, record={"angle_every": 0, "probe_size": 0})
+                      train={"step": {"check_numerics": False}}, record={"angle_every": 0, "probe_size": 0})
     with pytest.raises(NonFiniteError, match=r"non-finite loss at step \d+ in layer 'output'.*check_numerics"):
         run(doc, tmp_path / "x.zarr", progress=False)
     ds = open_run(tmp_path / "x.zarr")

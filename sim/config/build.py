@@ -19,5 +19,5 @@ def build_network(cfg: RunConfig) -> Network:
 
 def build_scheduler(cfg: RunConfig, net: Network) -> Scheduler:
     """The run's :class:`Scheduler`: one Adam group per layer with its rule's settings, the noise floors, the
-    noise generator seeded from ``train.seed``, and ``train.check_numerics``."""
-    return Scheduler(net, noise=cfg.noise, seed=cfg.train.seed, check_numerics=cfg.train.check_numerics)
+    noise generator seeded from ``train.seed``, and the step options ``train.step``."""
+    return Scheduler(net, noise=cfg.noise, seed=cfg.train.seed, options=cfg.train.step)

@@ -27,6 +27,7 @@ from sim.network import LayerSpec, Network, NetworkConfig
 from sim.presets import OPTIONS, check_options
 from sim.rules import RuleSettings, get_rule
 from sim.schedule import NoiseFloor
+from sim.step_options import StepOptions
 
 
 def load_config(source: str | Path | dict, *, name: str | None = None) -> RunConfig:
@@ -115,7 +116,11 @@ def _resolve(doc: dict) -> RunConfig:
                           for k, v in noise_doc.items()})
     d = dict(doc["data"])
     data = _section(DataSection, d, input_shape=_tuple_or_none(d.get("input_shape")))
-    train = _section(TrainSection, doc["train"])
+    try:
+        step = StepOptions(**doc["train"].get("step", {}))
+    except ConfigError as exc:
+        raise ConfigError.at("train.step", str(exc)) from None
+    train = _section(TrainSection, doc["train"], step=step)
     rec = dict(doc.get("record") or {})
     probe_epochs = rec.get("probe_epochs")
     probe_epochs = (0, train.epochs) if probe_epochs is None else tuple(sorted(probe_epochs))

@@ -18,6 +18,7 @@ from sim.network import LayerSpec, NetworkConfig
 from sim.presets import preset, preset_options
 from sim.rules import RuleSettings
 from sim.schedule import NoiseFloor
+from sim.step_options import DEFAULT_STEP, StepOptions
 
 
 # ----- the dataclasses ----------------------------------------------------------------------------------------------
@@ -78,8 +79,8 @@ class TrainSection:
     """'float32' or 'float64'."""
     device: str = "cpu"
     """Torch device: 'cpu', 'cuda' or 'cuda:N'."""
-    check_numerics: bool = True
-    """Stop at the first NaN/Inf, naming step, layer and quantity."""
+    step: StepOptions = DEFAULT_STEP
+    """What one training step computes and how (numerics checks, aux skipping, regulariser interval, ...)."""
     drop_last: bool = False
     """Drop the last, shorter batch of every epoch."""
     eval_batch_size: int = 1024
@@ -93,6 +94,11 @@ class TrainSection:
     """'retry': the factor each retry multiplies every learning rate by (0 < factor < 1)."""
     max_retries: int = 3
     """'retry': retries allowed over the whole run before it stops as with 'stop'."""
+
+    @property
+    def check_numerics(self) -> bool:
+        """Whether steps check for NaN/Inf at all (``step.check_numerics`` is not 'off')."""
+        return self.step.checks
 
 
 @dataclass(frozen=True)

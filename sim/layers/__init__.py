@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sim.errors import ConfigError
-from sim.layers.base import InverseFactors, Layer, factorize
+from sim.layers.base import Layer
 from sim.layers.conv import Conv
 from sim.layers.dense import Dense
+from sim.linalg import InverseFactors, factorize
 
 BUILDERS: dict[str, Callable[..., Layer]] = {}
 

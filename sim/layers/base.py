@@ -18,8 +18,12 @@ own activity), so their nudge, their ``delta`` and their weight rows' update are
 ``width`` columns of ``W^{-1}`` carry anything down. A layer can therefore run forward with ``units=width``, take a
 message ``v`` ``[B, width, ...]`` in :meth:`inverse` (which then applies only those columns of the inverse), and
 return full-shape updates whose aux rows are zeros from :meth:`local_gradients` given a ``delta`` of ``width`` rows.
-The scheduler decides when this is allowed (:class:`~sim.schedule.Scheduler`, ``skip_aux``); the values are those of
-the full computation up to float rounding.
+The scheduler decides when this is allowed (:class:`~sim.schedule.Scheduler`, ``StepOptions.skip_aux``); the values
+are those of the full computation up to float rounding.
+
+The message methods are declared on :class:`Layer`; a layer kind that cannot send one (e.g. a future pooling layer
+without an inverse) leaves it to the base class, which raises a :class:`~sim.errors.ShapeError` naming the layer,
+its kind and the message. The linear algebra behind the inverses lives in :mod:`sim.linalg`.
 
 Shapes are per sample: ``in_shape`` is what the layer reads (the forwarded part of the layer below), ``out_shape`` is
 its full output (aux included); ``read(a)`` keeps the forwarded part, ``embed(d)`` is its adjoint (zeros on aux).
@@ -27,133 +31,12 @@ its full output (aux included); ``read(a)`` keeps the forwarded part, ``embed(d)
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
 from sim.activation import Activation
-from sim.errors import NonFiniteError, ShapeError, SingularLayerError
-
-
-@dataclass(frozen=True)
-class InverseFactors:
-    """A square layer's weight prepared for repeated exact inversion within one step.
-
-    Exactly one of ``lu`` (with ``pivots``) or ``inv`` is set: an LU factorisation (the fast exact route) or an
-    explicit inverse (the reference implementation's cost, or a small conv kernel matrix applied to many patches).
-    """
-
-    lu: Tensor | None = None
-    pivots: Tensor | None = None
-    inv: Tensor | None = None
-
-    def solve(self, rhs: Tensor) -> Tensor:
-        """``M^{-1} rhs`` for ``rhs`` of shape ``[n, k]``."""
-        if self.inv is not None:
-            return self.inv @ rhs
-        return torch.linalg.lu_solve(self.lu, self.pivots, rhs)
-
-    def matrix(self) -> Tensor:
-        """The explicit inverse ``M^{-1}`` ``[n, n]`` (computed from the LU factors when needed)."""
-        return self.columns(None)
-
-    def columns(self, k: int | None) -> Tensor:
-        """The first ``k`` columns of ``M^{-1}`` ``[n, k]`` (all ``n`` for None): ``2 n^2 k`` flops from the LU
-        factors, the part of the inverse that a message with zeros beyond its first ``k`` entries (a layer's aux
-        units) passes through."""
-        if self.inv is not None:
-            return self.inv if k is None else self.inv[:, :k]
-        n = self.lu.shape[-1]
-        eye = torch.eye(n, n if k is None else k, dtype=self.lu.dtype, device=self.lu.device)
-        return torch.linalg.lu_solve(self.lu, self.pivots, eye)
-
-
-def max_condition(dtype: torch.dtype) -> float:
-    """Condition number above which an inverse loses most of the digits GP's tiny nudges live in."""
-    return 1e-2 / torch.finfo(dtype).eps
-
-
-def condition_number(matrix: Tensor) -> float:
-    """1-norm condition number ``||M||_1 ||M^{-1}||_1`` in float64 (inf if singular or non-finite).
-
-    Only computed when the cheap pivot check flags a layer: an explicit inverse costs about one LU, far less than
-    the SVD behind the 2-norm condition number.
-    """
-    m = matrix.detach().double()
-    if not bool(torch.isfinite(m).all()):
-        return math.inf
-    inv, info = torch.linalg.inv_ex(m)
-    if int(info) != 0 or not bool(torch.isfinite(inv).all()):
-        return math.inf
-    return float(torch.linalg.matrix_norm(m, ord=1) * torch.linalg.matrix_norm(inv, ord=1))
-
-
-#: Where :func:`factorize` sends its conditioning check: ``None`` (check now, one host sync), a list (append the
-#: on-device flag for the caller to check once per step), or :data:`_SKIP`. Set only through :func:`deferred_checks`.
-_CHECK_SINK: ContextVar[list[Tensor] | object | None] = ContextVar("gaitsim_factorize_checks", default=None)
-_SKIP = object()
-
-
-@contextmanager
-def deferred_checks(flags: list[Tensor] | None) -> Iterator[None]:
-    """Within this block :func:`factorize` does not synchronise with the device to check a matrix's conditioning.
-
-    With a list, it appends an on-device boolean flag (True: singular, non-finite or suspicious) to ``flags``; the
-    caller checks all flags once and, if one is set, repeats the work with synchronous checks, which name the layer
-    and its condition number. With ``None`` the check is skipped altogether (a scheduler that checks no numerics).
-    This is how :class:`~sim.schedule.Scheduler` keeps a step free of host-device synchronisation on a GPU.
-    """
-    token = _CHECK_SINK.set(_SKIP if flags is None else flags)
-    try:
-        yield
-    finally:
-        _CHECK_SINK.reset(token)
-
-
-def factorize(matrix: Tensor, *, layer: str, method: str = "lu", check: bool = True) -> InverseFactors:
-    """Prepare a square matrix ``[n, n]`` for exact inversion, refusing singular or badly conditioned ones.
-
-    The check is cheap when all is well (the LU pivots bound the conditioning); only a suspicious matrix pays for the
-    full condition number, which then goes into the error message with the layer's name. The cheap part is computed
-    on the matrix's device and read back with one host sync, or deferred (see :func:`deferred_checks`).
-    """
-    if method == "inv":
-        inv, info = torch.linalg.inv_ex(matrix)
-        factors = InverseFactors(inv=inv)
-    elif method == "lu":
-        lu, pivots, info = torch.linalg.lu_factor_ex(matrix)
-        factors = InverseFactors(lu=lu, pivots=pivots)
-    else:
-        raise ValueError(f"unknown inverse method {method!r}; use 'lu' or 'inv'")
-    sink = _CHECK_SINK.get()
-    if check and sink is not _SKIP:
-        if factors.lu is not None:
-            # cond(M) >= max|u_ii| / min|u_ii| (roughly), so tiny pivots flag trouble cheaply; flag 100x early
-            # because the pivot ratio can underestimate the condition number. NaN pivots compare False: caught by
-            # the isfinite test.
-            low, high = torch.aminmax(factors.lu.diagonal().abs())
-            ratio = low / high
-            flag = (info != 0) | ~torch.isfinite(ratio) | (ratio < 1e2 / max_condition(matrix.dtype))
-        else:
-            flag = (info != 0) | ~torch.isfinite(factors.inv).all()
-        if sink is not None:
-            sink.append(flag)
-            return factors
-        if bool(flag):
-            cond = condition_number(matrix)
-            if not math.isfinite(cond) or cond > max_condition(matrix.dtype):
-                raise SingularLayerError(
-                    f"layer {layer!r}: its square weight matrix ({matrix.shape[0]}x{matrix.shape[1]}) is singular or "
-                    f"badly conditioned (condition number {cond:.3g}, limit {max_condition(matrix.dtype):.3g} for "
-                    f"{matrix.dtype}); its inverse would drown GP's messages. Raise the orthogonality regulariser "
-                    "(ortho_lambda), lower the learning rate, or use float64."
-                )
-    return factors
+from sim.errors import NonFiniteError, ShapeError
+from sim.linalg import Check, InverseFactors, factorize
 
 
 class Layer(nn.Module):
@@ -229,6 +112,40 @@ class Layer(nn.Module):
             z = z + (noise if units is None else noise[:, :units])
         return self.activation(z)
 
+    # ----- top-down messages (declared here, implemented by every layer kind) --------------------------------------
+    def _unsupported(self, message: str) -> ShapeError:
+        return ShapeError(f"layer {self.name!r} ({type(self).__name__}) does not implement {message}; give this "
+                          "layer a rule that does not need it, or implement it in its layer kind")
+
+    def transpose(self, delta: Tensor) -> Tensor:
+        """BP's message about the input, ``W^T delta``: ``delta = dLoss/dz`` ``[B, *out_shape]`` ->
+        ``[B, *in_shape]``."""
+        raise self._unsupported("transpose (BP's message W^T delta)")
+
+    def feedback(self, delta: Tensor, feedback_weight: Tensor) -> Tensor:
+        """FA's message ``B^T delta`` through a fixed feedback weight of the weight's shape: ``delta``
+        ``[B, *out_shape]`` -> ``[B, *in_shape]``."""
+        raise self._unsupported("feedback (FA's message B^T delta)")
+
+    def inverse(self, v: Tensor, factors: InverseFactors) -> Tensor:
+        """GP's difference-form message ``W^{-1} v`` for a pre-activation difference ``v`` ``[B, *out_shape]`` ->
+        ``[B, *in_shape]`` (square layers). ``v`` ``[B, k, ...]`` with ``k`` below ``out_shape[0]`` stands for ``v``
+        padded with zeros on the aux units (*Skipping aux units*). ``factors``: this step's :meth:`factorize`."""
+        raise self._unsupported("inverse (GP's difference-form message W^-1 v)")
+
+    def inverse_target(self, y: Tensor, factors: InverseFactors, a_in: Tensor | None = None) -> Tensor:
+        """GP's target-form message ``W^{-1}(y - b)`` for a pre-activation target ``y`` ``[B, *out_shape]`` ->
+        ``[B, *in_shape]`` (square layers); ``a_in`` ``[B, *in_shape]`` is the forward input, which a layer whose
+        patches overlap (conv) needs to count each input once."""
+        raise self._unsupported("inverse_target (GP's target-form message W^-1 (y - b))")
+
+    # ----- plasticity ---------------------------------------------------------------------------------------------
+    def local_gradients(self, a_in: Tensor, delta: Tensor) -> dict[str, Tensor]:
+        """The layer's own update from its input ``a_in`` ``[B, *in_shape]`` and ``delta = dLocalLoss/dz``
+        ``[B, *out_shape]`` (or its first ``k`` units): ``{'weight': [*weight.shape], 'bias': [out_shape[0]]}``,
+        full parameter shapes (zero rows beyond ``k``, :meth:`pad_rows`)."""
+        raise self._unsupported("local_gradients (the weight and bias update)")
+
     def pad_rows(self, grads: dict[str, Tensor]) -> dict[str, Tensor]:
         """Embed updates of the first ``k`` output rows (``weight`` ``[k, ...]``, ``bias`` ``[k]``) into the full
         parameter shapes with zeros for the aux rows (see *Skipping aux units*); full-shape updates pass through."""
@@ -253,8 +170,9 @@ class Layer(nn.Module):
         zero-padded batch. The one place this is decided: the benchmark's FLOP count asks it too."""
         raise NotImplementedError
 
-    def factorize(self, method: str = "lu", check: bool = True) -> InverseFactors:
-        """Factorise this layer's square matrix for this step's inverse messages."""
+    def factorize(self, method: str = "lu", check: Check = True) -> InverseFactors:
+        """Factorise this layer's square matrix ``[n, n]`` for this step's inverse messages
+        (:func:`sim.linalg.factorize`; ``check``: see :data:`sim.linalg.Check`)."""
         if not self.square:
             raise ShapeError(f"layer {self.name!r} is not square and cannot be inverted")
         return factorize(self.square_matrix().detach(), layer=self.name, method=method, check=check)

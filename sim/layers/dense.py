@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from sim.activation import Activation
 from sim.errors import ShapeError
-from sim.layers.base import InverseFactors, Layer
+from sim.layers.base import Layer
+from sim.linalg import InverseFactors
 
 
 class Dense(Layer):

@@ -23,7 +23,9 @@ from torch import Tensor, nn
 
 from sim.errors import ConfigError
 from sim.layers.base import Layer
+from sim.linalg import Check
 from sim.message import Message
+from sim.step_options import DEFAULT_STEP, StepOptions
 
 ARITHMETICS = ("difference", "target")
 INVERSE_METHODS = ("lu", "inv")
@@ -96,8 +98,13 @@ class Rule(nn.Module):
         """
         return False
 
-    def message_down(self, layer: Layer, a_in: Tensor, a: Tensor, msg: Message) -> Message:
-        """The message about ``a_in`` ``[B, *in_shape]`` given this layer's output ``a`` and received ``msg``."""
+    def message_down(self, layer: Layer, a_in: Tensor, a: Tensor, msg: Message, *, check: Check = True,
+                     options: StepOptions = DEFAULT_STEP) -> Message:
+        """The message about ``a_in`` ``[B, *in_shape]`` given this layer's output ``a`` and received ``msg``.
+
+        ``check``: the step's numerics check for what the rule computes besides its message (GP's factorisation,
+        :data:`sim.linalg.Check`); ``options``: the step's options (:class:`~sim.step_options.StepOptions`), read by
+        the rules they concern (GP: ``compile_nudge``)."""
         raise NotImplementedError
 
     def plasticity(self, layer: Layer, a_in: Tensor, a: Tensor, msg: Message) -> dict[str, Tensor]:

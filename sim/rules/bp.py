@@ -9,8 +9,10 @@ from __future__ import annotations
 from torch import Tensor
 
 from sim.layers.base import Layer
+from sim.linalg import Check
 from sim.message import Message
 from sim.rules.base import Rule, RuleSettings, register
+from sim.step_options import DEFAULT_STEP, StepOptions
 
 
 @register
@@ -18,5 +20,6 @@ class Backprop(Rule):
     name = "bp"
     defaults = RuleSettings(lr=1.9e-5, betas=(0.9, 0.999), eps=1e-6, ortho_lambda=0.0)
 
-    def message_down(self, layer: Layer, a_in: Tensor, a: Tensor, msg: Message) -> Message:
+    def message_down(self, layer: Layer, a_in: Tensor, a: Tensor, msg: Message, *, check: Check = True,
+                     options: StepOptions = DEFAULT_STEP) -> Message:
         return Message.from_error(layer.transpose(layer.activation.derivative(a) * msg.error))

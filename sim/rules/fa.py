@@ -9,8 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from sim.layers.base import Layer
+from sim.linalg import Check
 from sim.message import Message
 from sim.rules.base import Rule, RuleSettings, register
+from sim.step_options import DEFAULT_STEP, StepOptions
 
 
 @register
@@ -25,6 +27,7 @@ class FeedbackAlignment(Rule):
         # A buffer, not a parameter: it travels with the layer's device and checkpoints but is never trained.
         self.register_buffer("feedback_weight", init.to(dtype=layer.weight.dtype, device=layer.weight.device))
 
-    def message_down(self, layer: Layer, a_in: Tensor, a: Tensor, msg: Message) -> Message:
+    def message_down(self, layer: Layer, a_in: Tensor, a: Tensor, msg: Message, *, check: Check = True,
+                     options: StepOptions = DEFAULT_STEP) -> Message:
         delta = layer.activation.derivative(a) * msg.error
         return Message.from_error(layer.feedback(delta, self.feedback_weight))

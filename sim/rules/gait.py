@@ -18,6 +18,7 @@ orthogonal (section 3).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -25,8 +26,10 @@ from torch import Tensor
 
 from sim.activation import Activation
 from sim.layers.base import Layer
+from sim.linalg import Check
 from sim.message import Message
 from sim.rules.base import Rule
+from sim.step_options import DEFAULT_STEP, StepOptions
 
 
 class GaitProp(Rule):
@@ -50,8 +53,9 @@ class GaitProp(Rule):
             return Message(d=(a - e) - a, m=e.new_ones(e.shape[0]))
         return Message.from_error(e)
 
-    def message_down(self, layer: Layer, a_in: Tensor, a: Tensor, msg: Message) -> Message:
-        factors = layer.factorize(self.settings.inverse)
+    def message_down(self, layer: Layer, a_in: Tensor, a: Tensor, msg: Message, *, check: Check = True,
+                     options: StepOptions = DEFAULT_STEP) -> Message:
+        factors = layer.factorize(self.settings.inverse, check)
         gamma = self.gamma(msg.d, math.prod(layer.out_shape))
         g = gamma.reshape(gamma.shape + (1,) * (a.dim() - 1))
         if self.settings.arithmetic == "target":
@@ -61,7 +65,8 @@ class GaitProp(Rule):
             t_in = layer.inverse_target(layer.activation.inverse((1 - eps) * a + eps * t), factors, a_in)
             d_in = t_in - a_in
         else:
-            d_in = layer.inverse(_nudge_impl(layer.activation, a, msg.d, g), factors)
+            step = compiled_nudge() if options.compile_nudge else nudge
+            d_in = layer.inverse(step(layer.activation, a, msg.d, g), factors)
         return Message(d=d_in, m=msg.m / gamma)
 
 
@@ -72,19 +77,18 @@ def nudge(activation: Activation, a: Tensor, d: Tensor, g: Tensor) -> Tensor:
     return activation.inverse_difference(a, u)
 
 
-_nudge_impl = nudge
+@functools.cache
+def compiled_nudge():
+    """:func:`nudge` through ``torch.compile``: its ~27 elementwise passes fused into one kernel
+    (``StepOptions.compile_nudge``). Built once per process (a constant, not a switch: the eager :func:`nudge` stays
+    what every step without the option calls); compiled at its first call, once per activation shape.
 
-
-def compile_nudge(enable: bool = True) -> None:
-    """Opt in (process-wide) to a ``torch.compile``-d :func:`nudge`: its ~27 elementwise passes fused into one kernel.
-
-    Off by default: compiling takes about a minute on a 2-core CPU (once per activation shape) and saves ~1.5-2 ms per
-    1024-wide layer at batch 256 there, about 2% of a GP step (docs/performance.md); on a GPU, where each pass is a
-    kernel launch, measure it (``python -m sim bench --compile``). Inductor keeps the division by the slope, so the
-    values are those of the eager code (tested, ``-m slow``).
+    Off by default: compiling takes about a minute on a 2-core CPU and saves ~1.5-2 ms per 1024-wide layer at batch
+    256 there, about 2% of a GP step (docs/performance.md); on a GPU, where each pass is a kernel launch, measure it
+    (``python -m sim bench --compile``). Inductor keeps the division by the slope, so the values are those of the
+    eager code (tested, ``-m slow``).
     """
-    global _nudge_impl
-    _nudge_impl = torch.compile(nudge, dynamic=False) if enable else nudge
+    return torch.compile(nudge, dynamic=False)
 
 
 def per_sample_norm(d: Tensor) -> Tensor:
