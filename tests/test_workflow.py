@@ -55,7 +55,7 @@ def test_default_target_dry_run(tmp_path):
     out = snakemake(tmp_path, "-n")
     assert out.returncode == 0, out.stdout
     counts = job_counts(out.stdout)
-    assert counts == {"check_configs": 1, "run_config": 16, "train": 16, "figures": 1, "table": 1, "all": 1,
+    assert counts == {"check_configs": 1, "run_config": 16, "run": 16, "figures": 1, "table": 1, "all": 1,
                       "total": 36}
     for path in ("results/quick/digits_deep/rule~vgp/seed~1/run.zarr", "results/quick/figures/angle_layers.png",
                  "results/quick/table.md", "results/quick/table.csv"):
@@ -73,7 +73,7 @@ def test_lint_is_clean(tmp_path):
 def test_paper_study_dry_run(tmp_path):
     out = snakemake(tmp_path, "-n", "--configfile", config("paper"))
     assert out.returncode == 0, out.stdout
-    assert job_counts(out.stdout)["train"] == 8  # CIFAR-10 shallow and deep x 4 rules
+    assert job_counts(out.stdout)["run"] == 8  # CIFAR-10 shallow and deep x 4 rules
     assert "imagenet_conv is left out" in out.stdout and "imagenet_path" in out.stdout
     imagenet = tmp_path / "imagenet"
     for split in ("train", "val"):
@@ -81,7 +81,7 @@ def test_paper_study_dry_run(tmp_path):
     out = snakemake(tmp_path, "-n", "--configfile", config("paper"), "--config", f"imagenet_path={imagenet}",
                     "cifar10={kind: npz, path: /work/shared/data/cifar10}")
     assert out.returncode == 0, out.stdout
-    assert job_counts(out.stdout)["train"] == 11  # + the ImageNet conv net x {bp, fa, gp}
+    assert job_counts(out.stdout)["run"] == 11  # + the ImageNet conv net x {bp, fa, gp}
     assert "results/paper/imagenet_conv/rule~fa/seed~0/run.zarr" in out.stdout
     assert "imagenet_conv/rule~vgp" not in out.stdout
     assert "resources: tmpdir=/tmp, gpu=1" in out.stdout  # device auto: GPU jobs
@@ -95,7 +95,7 @@ def test_beyond_paper_studies_dry_run(tmp_path):
     counts = job_counts(out.stdout)
     # noise: 4 message stds x 4 etas x {vgp, gp}; arithmetic: {difference, target} x {float32, float64} x {vgp, gp}
     # x 2 seeds; mixing: 8 split depths x 2 seeds
-    assert counts["train"] == 32 + 16 + 16
+    assert counts["run"] == 32 + 16 + 16
     assert counts["figures"] == 3 and counts["table"] == 3 and counts["check_configs"] == 3
     assert counts["figure_noise_map"] == 1 and counts["figure_mixing"] == 1
     for store in ("noise/digits_deep/message_std~0.0001/eta~1e-07/rule~vgp/seed~0",
@@ -111,7 +111,7 @@ def test_slurm_profile_dry_run(tmp_path):
     out = snakemake(tmp_path, "-n", "--workflow-profile", str(profile))
     assert out.returncode == 0, out.stdout
     assert f"workflow specific profile {profile}" in out.stdout
-    assert job_counts(out.stdout)["train"] == 16
+    assert job_counts(out.stdout)["run"] == 16
     train_resources = [line for line in out.stdout.splitlines() if "runtime=4320" in line]
     assert len(train_resources) == 16 and all("gpu=1" in r and "cpus_per_gpu=8" in r for r in train_resources)
 
@@ -148,7 +148,7 @@ def test_bad_config_stops_before_any_job(tmp_path, case):
     out = snakemake(tmp_path, "--cores", "1", "--configfile", str(bad))
     assert out.returncode != 0
     assert message in out.stdout, out.stdout
-    assert not list(tmp_path.rglob("*.zarr*")) and not list(tmp_path.rglob("train.log"))
+    assert not list(tmp_path.rglob("*.zarr*")) and not list(tmp_path.rglob("run.log"))
     assert not list(tmp_path.rglob("config.yaml"))
 
 
@@ -195,7 +195,7 @@ def test_tiny_run_writes_every_store(tiny_run):
             assert ds.sizes["epoch"] == 1 and ds.sizes["step"] == 7 and set(ds.rule.values) == {rule}
             assert not (folder / "run.zarr.partial").exists()
             assert load_config(folder / "config.yaml").to_json() == json.dumps(cfg, sort_keys=True)
-            log = tiny_run / "logs" / "test" / "digits_shallow" / f"rule~{rule}" / f"seed~{seed}" / "train.log"
+            log = tiny_run / "logs" / "test" / "digits_shallow" / f"rule~{rule}" / f"seed~{seed}" / "run.log"
             assert "is complete" in log.read_text()
 
 
@@ -253,7 +253,7 @@ def test_diverging_run_fails_or_is_kept(tmp_path):
     assert not (folder / "run.zarr").exists()
     partial = folder / "run.zarr.partial"
     assert open_store(partial).attrs["complete"] is False
-    log = (tmp_path / "logs" / "nan" / "e" / "rule~bp" / "seed~0" / "train.log").read_text()
+    log = (tmp_path / "logs" / "nan" / "e" / "rule~bp" / "seed~0" / "run.log").read_text()
     assert "non-finite" in log
     with pytest.raises(IncompleteStoreError):
         load_study([partial])
