@@ -116,10 +116,18 @@ def test_on_diverge_keep_through_the_cli(tmp_path, tiny_config, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "non-finite" in err and not failed.exists()
     assert "diverged" not in read_attrs(tmp_path / "failed.zarr.partial")
+    # a published diverged run is a result: --resume leaves it as it is
+    assert cli(["run", str(cfg_path), "--out", str(store), "--publish", "--on-diverge", "keep", "--resume"]) == 0
+    assert "published as a diverged run; nothing to do" in capsys.readouterr().err
     # keep without --publish flags the store in place
     plain = tmp_path / "plain.zarr"
     assert cli(["run", str(cfg_path), "--out", str(plain), "--on-diverge", "keep", "--quiet"]) == 0
     assert "non-finite" in read_attrs(plain)["diverged"]
+    # an unfinished store written without --publish is not taken for a published one
+    unfinished = tmp_path / "unfinished.zarr"
+    assert cli(["run", str(cfg_path), "--out", str(unfinished), "--quiet"]) == 2
+    assert cli(["run", str(cfg_path), "--out", str(unfinished), "--publish", "--resume", "--quiet"]) == 2
+    assert "not published (written without --publish)" in capsys.readouterr().err
 
 
 def lease_env(tmp_path: Path) -> dict[str, str]:

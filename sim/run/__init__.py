@@ -75,7 +75,8 @@ def run(cfg: RunConfig | dict | str | Path, out: str | Path, *, resume: bool = F
     plan = store.plan(cfg, out, resume=resume, overwrite=overwrite, publish=publish)
     if plan.done and plan.path == out:
         if progress:
-            print(f"{out} is already complete; nothing to do", file=sys.stderr)
+            what = "published as a diverged run" if plan.diverged else "complete"
+            print(f"{out} is already {what}; nothing to do", file=sys.stderr)
         return out
     with logging_to(Path(log_file) if log_file else default_log_path(out), append=plan.append_log,
                     to_stderr=progress):

@@ -97,12 +97,14 @@ def _run_attrs(path: Path) -> dict | None:
 class Plan:
     """What :func:`plan` decided. ``path``: the store to write (``out`` or ``out.partial``); ``continuing``: resume
     ``path`` from its checkpoint (else start over, replacing whatever is at ``path``); ``done``: ``path`` is
-    complete already (nothing to train); ``append_log``: continue the log file rather than start it afresh."""
+    complete already (nothing to train), or ``diverged``: published as a diverged run; ``append_log``: continue the
+    log file rather than start it afresh."""
 
     path: Path
     continuing: bool
     done: bool
     append_log: bool
+    diverged: bool = False
 
 
 def plan(cfg: RunConfig, out: Path, *, resume: bool, overwrite: bool, publish: bool) -> Plan:
@@ -119,8 +121,11 @@ def plan(cfg: RunConfig, out: Path, *, resume: bool, overwrite: bool, publish: b
             if attrs.get("complete"):
                 check_complete(out)
                 return Plan(out, continuing=False, done=True, append_log=True)
-            if publish:  # a published store that is not complete was kept on purpose (on_diverge: keep)
-                return Plan(out, continuing=False, done=True, append_log=True)
+            if publish:
+                if "diverged" not in attrs:
+                    raise ConfigError(f"{out} is an unfinished run store that was not published (written without "
+                                      "--publish); continue it with --resume without --publish, or pass --overwrite")
+                return Plan(out, continuing=False, done=True, append_log=True, diverged=True)  # on_diverge: keep
             return Plan(out, continuing=True, done=False, append_log=True)
     if not publish:
         return Plan(out, continuing=False, done=False, append_log=resume)
