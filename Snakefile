@@ -24,7 +24,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/train.smk"
+include: "workflow/rules/run.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/table.smk"
 

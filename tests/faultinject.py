@@ -28,7 +28,7 @@ def context():
         ctx = mp.get_context("forkserver")
         # everything a run imports lazily too (digits come through scikit-learn, Adam imports torch._dynamo)
         ctx.set_forkserver_preload(["torch", "torch._dynamo", "sklearn.datasets", "zarr", "xarray", "sim.cli",
-                                    "sim.train", "sim.data", "tests.faultinject"])
+                                    "sim.run", "sim.data", "tests.faultinject"])
         _CONTEXT = ctx
     return _CONTEXT
 
@@ -243,7 +243,7 @@ def _warnings(store: str) -> str:
 def _interrupted(store: str = "run.zarr") -> str:
     """A 3-epoch run stopped in epoch 3: last.pt after epoch 2 (step 20), prev.pt after epoch 1 (step 10)."""
     import sim.schedule
-    from sim.train import run
+    from sim.run import run
 
     cfg = _config(_doc(train={"epochs": 3}, record={"probe_epochs": [0, 1, 3]}))
     original = sim.schedule.Scheduler.compute

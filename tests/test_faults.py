@@ -30,7 +30,7 @@ from sim.layers.base import Layer
 from sim.message import Message
 from sim.rules.base import Rule
 from sim.rules.gait import GaitProp
-from sim.train import run
+from sim.run import run
 from tests.conftest import TINY
 from tests.faultinject import (
     append_garbage,

@@ -25,7 +25,7 @@ from sim.cli import main as cli
 from sim.config import load_config
 from sim.errors import ConfigError, NonFiniteError
 from sim.rules import RULES
-from sim.train import run
+from sim.run import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -22,7 +22,7 @@ from sim import checkpoint as ckpt_io
 from sim.archive import ArchiveError, LayerInfo, RunArchive, open_run
 from sim.config import load_config
 from sim.errors import ConfigError
-from sim.train import run
+from sim.run import run
 from tests import faultinject
 from tests.conftest import TINY
 
@@ -71,9 +71,9 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_not_run(tmp_path):
     doc["train"]["epochs"] = 3
     run(doc, store, progress=False)
     _plant(store, {"format": 2, "payload": _RunsCode(marker)})
-    from sim.train import _resume_point
+    from sim.run.recovery import resume_point
 
-    checkpoint, _ = _resume_point(load_config(doc), store)
+    checkpoint, _ = resume_point(load_config(doc), store)
     assert checkpoint.path == ckpt_io.previous_path(store) and not marker.exists()
 
 

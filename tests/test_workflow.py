@@ -56,7 +56,7 @@ def test_default_target_dry_run(tmp_path):
     out = snakemake(tmp_path, "-n")
     assert out.returncode == 0, out.stdout
     counts = job_counts(out.stdout)
-    assert counts == {"check_configs": 1, "run_config": 16, "train": 16, "figures": 1, "table": 1, "all": 1,
+    assert counts == {"check_configs": 1, "run_config": 16, "run": 16, "figures": 1, "table": 1, "all": 1,
                       "total": 36}
     for path in ("results/quick/digits_deep/rule~vgp/seed~1/run.zarr", "results/quick/figures/angle_layers.png",
                  "results/quick/table.md", "results/quick/table.csv"):
@@ -77,7 +77,7 @@ def test_slurm_profile_dry_run(tmp_path):
     out = snakemake(tmp_path, "-n", "--workflow-profile", str(profile))
     assert out.returncode == 0, out.stdout
     assert f"workflow specific profile {profile}" in out.stdout
-    assert job_counts(out.stdout)["train"] == 16
+    assert job_counts(out.stdout)["run"] == 16
     train_resources = [line for line in out.stdout.splitlines() if "runtime=4320" in line]
     assert len(train_resources) == 16 and all("gpu=1" in r and "cpus_per_gpu=8" in r for r in train_resources)
 
@@ -102,7 +102,7 @@ def test_bad_run_config_stops_before_any_job(tmp_path):
     assert out.returncode != 0
     assert "2 of 2 run configs are invalid" in out.stdout, out.stdout
     assert "record.probe_epochs: epoch(s) [9] come after the last epoch (train.epochs = 5)" in out.stdout
-    assert not list(tmp_path.rglob("*.zarr*")) and not list(tmp_path.rglob("train.log"))
+    assert not list(tmp_path.rglob("*.zarr*")) and not list(tmp_path.rglob("run.log"))
     assert not list(tmp_path.rglob("config.yaml"))
 
 
@@ -140,7 +140,7 @@ def test_tiny_run_writes_every_store(tiny_run):
             assert ds.sizes["epoch"] == 1 and ds.sizes["step"] == 7 and set(ds.rule.values) == {rule}
             assert not (folder / "run.zarr.partial").exists()
             assert load_config(folder / "config.yaml").to_json() == json.dumps(cfg, sort_keys=True)
-            log = tiny_run / "logs" / "test" / "digits_shallow" / f"rule~{rule}" / f"seed~{seed}" / "train.log"
+            log = tiny_run / "logs" / "test" / "digits_shallow" / f"rule~{rule}" / f"seed~{seed}" / "run.log"
             assert "is complete" in log.read_text()
 
 
@@ -201,7 +201,7 @@ def test_diverging_run_fails_or_is_kept(tmp_path):
     assert not (folder / "run.zarr").exists()
     partial = folder / "run.zarr.partial"
     assert open_store(partial).attrs["complete"] is False
-    log = (tmp_path / "logs" / "nan" / "e" / "rule~bp" / "seed~0" / "train.log").read_text()
+    log = (tmp_path / "logs" / "nan" / "e" / "rule~bp" / "seed~0" / "run.log").read_text()
     assert "non-finite" in log
     with pytest.raises(IncompleteStoreError):
         load_study([partial])

@@ -1,10 +1,11 @@
 """``python -m sim lease -- COMMAND ...``: run a command on a leased GPU (the CLI twin of :mod:`sim.gpu`).
 
-Takes a lease exactly as the workflow's training job does, runs COMMAND with ``CUDA_VISIBLE_DEVICES`` set to the
+Takes a lease exactly as the workflow's run job does, runs COMMAND with ``CUDA_VISIBLE_DEVICES`` set to the
 leased GPU (so it sees one GPU, ``cuda:0``) and ``GAITSIM_DEVICE`` set to ``cuda:0`` or ``cpu``, passes the locked
-descriptor to the child (the GPU stays leased while either process lives) and exits with the command's status::
+descriptor to the child (the GPU stays leased while either process lives) and exits with the command's status.
+``python -m sim run`` trains on ``GAITSIM_DEVICE`` when it is given no ``--device``, so it needs none here::
 
-    python -m sim lease -- python -m sim run configs/cifar10_deep_gp.yaml --out results/x.zarr --device cuda
+    python -m sim lease -- python -m sim run configs/cifar10_deep_gp.yaml --out results/x.zarr
     python -m sim lease --status          # which GPUs of the pool are leased, by which process
 """
 
@@ -25,7 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fallback-cpu", action="store_true",
                    help="use the CPU when every GPU stays leased for the whole timeout")
     p.add_argument("--status", action="store_true", help="list the pool's devices and who holds each, then exit")
-    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND ...", help="the command to run")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
+                   help="the command to run; it gets GAITSIM_DEVICE, the leased device, which `python -m sim run` "
+                   "trains on when given no --device")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,15 +1,24 @@
 """``python -m sim run CONFIG --out STORE``: train one run and write its zarr archive (docs/runs.md).
 
-The command line of :func:`sim.train.run`, which the Snakemake training job calls with the same arguments. Science
-settings come from the config; runtime settings (device, output, log, resume) from the command line. For fault
-injection in tests, ``GAITSIM_FAULT`` (docs/reliability.md) makes a run crash or fail a write at a named moment.
+The command line of :func:`sim.run.run`, which the workflow's ``run`` job calls with the same arguments; a job is::
+
+    python -m sim lease -- python -m sim run CONFIG --out STORE --publish --on-diverge {fail,keep} --quiet --log LOG
+
+Science settings come from the config; runtime settings (device, output, log, resume) from the command line. The
+device is ``--device``, else ``GAITSIM_DEVICE`` (set by ``python -m sim lease``), else the config's ``train.device``.
+For fault injection in tests, ``GAITSIM_FAULT`` (docs/reliability.md) makes a run crash or fail a write at a named
+moment.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 help = "train one run from a YAML config and write its zarr archive"
+
+#: the variable ``python -m sim lease`` sets to the leased device (``cuda:0`` or ``cpu``)
+DEVICE_ENV = "GAITSIM_DEVICE"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,7 +30,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="continue STORE from its newest intact checkpoint (damaged files are named and passed "
                       "over); a complete store is checked and left as it is")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing run store")
-    p.add_argument("--device", metavar="DEVICE", help="cpu, cuda or cuda:N (overrides train.device)")
+    p.add_argument("--publish", action="store_true",
+                   help="write STORE.partial and rename it to STORE once complete, so a failed run leaves no STORE; "
+                   "a STORE.partial with the same config is resumed, one with another config replaced (what a "
+                   "workflow job does)")
+    p.add_argument("--on-diverge", choices=("fail", "keep"), default="fail",
+                   help="a run that stops at a NaN/Inf or a singular layer: fail (exit status 2, the default) or keep "
+                   "(its prefix is a result with the attribute 'diverged', published with --publish; exit status 0)")
+    p.add_argument("--device", metavar="DEVICE",
+                   help=f"cpu, cuda or cuda:N; default: ${DEVICE_ENV} if set (`python -m sim lease` sets it to the "
+                   "leased GPU), else the config's train.device")
     p.add_argument("--log", metavar="FILE", help="log file (default: STORE.log beside the store)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines on stderr (the log file "
                    "still gets everything)")
@@ -29,10 +47,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from sim.config import load_config
-    from sim.train import run
+    from sim.errors import ConfigError
+    from sim.run import run
 
     cfg = load_config(args.config)
-    out = run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device,
-              progress=not args.quiet, log_file=args.log)
+    device = args.device
+    if device is None and os.environ.get(DEVICE_ENV):
+        device = os.environ[DEVICE_ENV]
+        try:
+            cfg = cfg.with_device(device)
+        except ConfigError as exc:
+            raise ConfigError(f"{DEVICE_ENV}={device!r} is not a device this run can use ({exc}); unset it or pass "
+                              "--device") from None
+    out = run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, device=device, progress=not args.quiet,
+              log_file=args.log, publish=args.publish, on_diverge=args.on_diverge)
     print(out)
     return 0

@@ -95,11 +95,6 @@ class TrainSection:
     max_retries: int = 3
     """'retry': retries allowed over the whole run before it stops as with 'stop'."""
 
-    @property
-    def check_numerics(self) -> bool:
-        """Whether steps check for NaN/Inf at all (``step.check_numerics`` is not 'off')."""
-        return self.step.checks
-
 
 @dataclass(frozen=True)
 class RecordSection:

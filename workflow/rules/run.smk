@@ -1,9 +1,9 @@
-# Training: one job per run. All run configs of a study are first checked together by sim.config.load_config (what
-# a JSON schema cannot see: rules per layer, probe epochs, preset options), so a bad config stops the study before
-# any training job starts; then each run's config is written (a rerun by hand is
-# `python -m sim run <folder>/config.yaml --out <folder>/run.zarr`) and sim.train.run writes its store. The runtime
-# settings (device, lease timeout) and the study's on_diverge reach the job through the config, not params: changing
-# them must not rerun finished runs.
+# Runs: one job per run. All run configs of a study are first checked together by sim.config.load_config (what a
+# JSON schema cannot see: rules per layer, probe epochs, preset options), so a bad config stops the study before any
+# run job starts; then each run's config is written and sim.run.run writes and publishes its store. The job by hand:
+# `python -m sim lease -- python -m sim run <folder>/config.yaml --out <folder>/run.zarr --publish
+# --on-diverge {fail,keep} --quiet --log <log>`. The runtime settings (device, lease timeout) and the study's
+# on_diverge reach the job through the config, not params: changing them must not rerun finished runs.
 
 
 rule check_configs:
@@ -35,17 +35,17 @@ rule run_config:
         write_run_config(output[0], params.run, log[0])
 
 
-rule train:
+rule run:
     input:
         config=f"{RUN}/config.yaml",
     output:
         store=directory(f"{RUN}/run.zarr"),
     log:
-        f"{RUN_LOGS}/train.log",
+        f"{RUN_LOGS}/run.log",
     threads: 1
     resources:
         gpu=gpu_request(),
     conda:
         "../envs/gaitsim.yaml"
     script:
-        "../scripts/train.py"
+        "../scripts/run.py"

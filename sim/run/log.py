@@ -1,0 +1,71 @@
+"""The run's log: the ``sim.run`` logger, written to a file (``STORE.log`` by default) and, with a progress bar,
+to stderr through ``tqdm.write`` so that epoch lines do not break the bar."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from tqdm import tqdm
+
+from sim.archive import io_errors
+from sim.errors import GaitsimError
+
+log = logging.getLogger("sim.run")
+
+
+def default_log_path(out: Path | str) -> Path:
+    """The log file of the run store ``out`` when none is given: ``<out>.log`` beside the store (it survives a
+    deleted or overwritten store, and Snakemake's removal of a failed job's output)."""
+    out = Path(out)
+    return out.with_name(out.name + ".log")
+
+
+class TqdmHandler(logging.Handler):
+    """Writes log lines to stderr through ``tqdm.write`` so they do not break the progress bar. The error that ends
+    a run goes to the log file only: the command line prints it (once) itself."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "final", False):
+            return
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never kill a run
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def logging_to(path: Path, *, append: bool, to_stderr: bool) -> Iterator[None]:
+    """Log ``sim.run`` to ``path`` (appended to, or started afresh) and, if ``to_stderr``, to stderr, for the
+    duration of the block; the error that ends the block is logged as the file's last line and re-raised."""
+    with io_errors(path, "write the log file"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, mode="a" if append else "w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handlers: list[logging.Handler] = [handler]
+    if to_stderr:
+        console = TqdmHandler()
+        console.setFormatter(logging.Formatter("%(message)s"))
+        handlers.append(console)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for h in handlers:
+        log.addHandler(h)
+    try:
+        yield
+    except GaitsimError as exc:
+        log.error(f"error: {exc}", extra={"final": True})
+        raise
+    except KeyboardInterrupt:
+        log.error("interrupted; continue with --resume from the last checkpoint", extra={"final": True})
+        raise
+    except Exception:
+        log.exception("unexpected error", extra={"final": True})
+        raise
+    finally:
+        for h in handlers:
+            log.removeHandler(h)
+            h.close()

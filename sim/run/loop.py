@@ -1,0 +1,184 @@
+"""The training loop of one run (REFERENCE.md section 2; docs/runs.md, "What a run does").
+
+Per epoch ``e`` (1-based): the train split in the order fixed by ``(train.seed, e)``, one
+:meth:`Scheduler.train_step` per batch; at steps ``0, n, 2n, ...`` (``record.angle_every``) the step is computed once
+by :func:`sim.compare`, which adds BP's gradient on the same batch, and then applied, so measuring costs one BP pass
+and never changes the trajectory. Per-step losses stay on the device and reach the host once per epoch. After the
+epoch: accuracy and loss on both whole splits, the square layers' orthogonality errors, the probe batch at the chosen
+epochs, one archive commit, and a checkpoint every ``record.checkpoint_every`` epochs and after the last.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from sim import checkpoint as ckpt_io
+from sim import faults, metrics
+from sim.archive import ArchiveError, RunArchive
+from sim.config import RunConfig, build_network, build_scheduler
+from sim.correspondence import compare
+from sim.errors import NonFiniteError, SingularLayerError
+from sim.network import Network
+from sim.run import provenance, recovery, store
+from sim.run.data import RunData, load_data
+from sim.run.log import log
+from sim.run.recorder import Recorder
+from sim.run.recovery import StepFailure
+from sim.schedule import Scheduler
+
+
+@dataclass
+class RunState:
+    """One run between epochs: what it trains, what it records into, and its non-finite retries so far."""
+
+    cfg: RunConfig
+    out: Path
+    net: Network
+    sched: Scheduler
+    data: RunData
+    rec: Recorder
+    retries: list[dict] = field(default_factory=list)
+    last_test_top1: float = math.nan
+
+
+def train(cfg: RunConfig, out: Path, checkpoint: ckpt_io.Checkpoint | None, archive: RunArchive | None, *,
+          progress: bool, resume: bool, keep_diverged: bool = False) -> Path:
+    """Train ``cfg`` into the store ``out``, from ``checkpoint`` (with ``archive``, its open store) or from the
+    start (a new store replaces what is at ``out``); returns ``out``. ``keep_diverged``: see :func:`recovery.stop`."""
+    # Everything that can be refused is refused before the store is touched.
+    net = build_network(cfg)
+    sched = build_scheduler(cfg, net)
+    data = load_data(cfg, net)
+    n = data.steps_per_epoch
+    if checkpoint is None:
+        archive = store.create(out, cfg, net, steps_per_epoch=n, resume=resume,
+                               probe_labels=None if data.probe is None else data.probe[1].cpu().numpy())
+        run = RunState(cfg, out, net, sched, data, Recorder(archive, net, data.probe, n, cfg.train.step.checks))
+        log.info(f"run {cfg.name!r}: {cfg.train.epochs} epochs of {n} steps, rules {','.join(net.rule_names)}, "
+                 f"{cfg.train.dtype} on {net.device}, seed {cfg.train.seed} -> {out}")
+        if 0 in cfg.record.probe_epochs:
+            run.rec.probe(0, sched.step_count)
+            run.rec.commit()
+        if cfg.train.on_nonfinite == "retry":
+            recovery.save_checkpoint(run, 0, 0, "start")  # somewhere to go back to from a failure in epoch 1
+        epochs_done, batches_done = 0, 0
+    else:
+        if archive.layers != net.names:
+            raise ArchiveError(f"{out} holds layers {archive.layers}, the network has {net.names}")
+        run = RunState(cfg, out, net, sched, data, Recorder(archive, net, data.probe, n, cfg.train.step.checks))
+        recovery.restore(run, checkpoint)
+        run.rec.commit(device=str(net.device))
+        epochs_done, batches_done = checkpoint.epochs_done, checkpoint.batches_done
+        log.info(f"resuming {out} at step {checkpoint.step} (epoch {epochs_done + 1}, batch {batches_done}) on "
+                 f"{net.device}")
+
+    bar = None
+    if progress:
+        bar = tqdm(total=cfg.train.epochs * n, initial=epochs_done * n + batches_done, unit="step",
+                   file=sys.stderr, dynamic_ncols=True, leave=True)
+    try:
+        while True:
+            try:
+                for epoch in range(epochs_done + 1, cfg.train.epochs + 1):
+                    if bar is not None:
+                        bar.set_description(f"{cfg.name} epoch {epoch}/{cfg.train.epochs}")
+                    train_epoch(run, epoch, batches_done if epoch == epochs_done + 1 else 0, bar)
+                break
+            except StepFailure as failure:
+                if not recovery.can_retry(run):
+                    recovery.stop(run, failure, keep=keep_diverged)
+                epochs_done, batches_done = recovery.retry(run, failure)
+                if bar is not None:
+                    bar.n = epochs_done * n + batches_done
+                    bar.refresh()
+    finally:
+        if bar is not None:
+            bar.close()
+    run.rec.commit(complete=True, end_time=provenance.now())
+    log.info(f"done: {out} is complete")
+    return out
+
+
+def train_epoch(run: RunState, epoch: int, start: int, bar: tqdm | None) -> None:
+    """Train epoch ``epoch`` from its batch ``start``, evaluate, record, commit, and checkpoint when due.
+
+    Raises :class:`StepFailure` (nothing of this epoch written yet) when a step meets a NaN/Inf or a singular
+    layer."""
+    from sim.data import iterate_batches
+
+    cfg, net, sched, rec = run.cfg, run.net, run.sched, run.rec
+    every = cfg.record.angle_every
+    t0 = time.perf_counter()
+    rec.start_epoch()
+    batches = iterate_batches(run.data.train, cfg.train.batch_size, seed=cfg.train.seed, epoch=epoch,
+                              drop_last=cfg.train.drop_last, num_workers=cfg.train.num_workers, start_batch=start)
+    i = start
+    last_postfix = 0.0
+    x = None
+    # a failed step has drawn its noise already: keep the generator's state before each step, so that the failure
+    # checkpoint is the exact state before the failing step (only when there is noise to draw)
+    noisy = any(s > 0 for s in (*sched.message_std, *sched.activity_std))
+    before = None
+    try:
+        for i, (x, y) in enumerate(batches, start=start):
+            x = x.to(device=net.device, dtype=net.dtype, non_blocking=True)
+            y = y.to(device=net.device, non_blocking=True)
+            if noisy:
+                before = sched.generator.get_state()
+            if every and sched.step_count % every == 0:
+                corr = compare(sched, x, y)
+                sched.apply(corr.result)
+                rec.step(i, corr.result.loss, x.shape[0], corr.angle_deg)
+            else:
+                rec.step(i, sched.train_step(x, y).loss, x.shape[0])
+            faults.hit("train.step")
+            if bar is not None:
+                now = time.monotonic()
+                if now - last_postfix >= 1.0:  # one host sync per second at most
+                    last_postfix = now
+                    bar.set_postfix(loss=f"{rec.loss(i):.4f}", acc=f"{run.last_test_top1:.3f}",
+                                    angle=f"{rec.last_angle:.2f}", refresh=False)
+                bar.update(1)
+    except (NonFiniteError, SingularLayerError) as exc:
+        # the weights are untouched by the failed step; its noise is put back
+        if before is not None:
+            sched.generator.set_state(before)
+        if isinstance(exc, NonFiniteError) and exc.quantity == "loss" and x is not None:
+            exc = recovery.traced(net, exc, x)
+        raise StepFailure(exc, epoch, start, i) from exc
+    end = run.data.steps_per_epoch
+    if not cfg.train.step.checks:
+        bad = rec.first_nonfinite(start, end)  # one host sync per epoch
+        if bad is not None:
+            step = sched.step_count - end + bad
+            raise StepFailure(NonFiniteError(
+                f"non-finite loss at step {step} in layer {net.names[-1]!r} (epoch {epoch}); "
+                "train.step.check_numerics is off, so this was noticed only at the end of the epoch",
+                step=step, layer=net.names[-1], quantity="loss"), epoch, start, end, unchecked=True)
+    rec.flush_steps(epoch, start, end, sched.step_count)
+
+    loader = dict(seed=0, epoch=0, shuffle=False, num_workers=cfg.train.num_workers)
+    m_train = metrics.evaluate(net, iterate_batches(run.data.train, cfg.train.eval_batch_size, **loader))
+    m_test = metrics.evaluate(net, iterate_batches(run.data.test, cfg.train.eval_batch_size, **loader))
+    ortho = metrics.ortho_errors(net)
+    if epoch in cfg.record.probe_epochs:
+        rec.probe(epoch, sched.step_count)
+    wall = time.perf_counter() - t0
+    rec.epoch(epoch, m_train, m_test, ortho, wall)
+    rec.commit()
+    faults.hit("train.epoch")
+    run.last_test_top1 = m_test.top1
+    log.info(f"epoch {epoch}/{cfg.train.epochs}: train top1 {m_train.top1:.4f} loss {m_train.loss:.4f} | "
+             f"test top1 {m_test.top1:.4f} top5 {m_test.top5:.4f} loss {m_test.loss:.4f} | "
+             f"mean angle {rec.mean_angle(start, end):.2f} deg | {wall:.1f} s")
+    every_ck = cfg.record.checkpoint_every
+    if epoch == cfg.train.epochs or (every_ck and epoch % every_ck == 0):
+        recovery.save_checkpoint(run, epoch, 0, "final" if epoch == cfg.train.epochs else "scheduled")
+    if bar is not None:
+        bar.set_postfix(loss=f"{m_train.loss:.4f}", acc=f"{m_test.top1:.3f}", angle=f"{rec.last_angle:.2f}")

@@ -1,0 +1,162 @@
+"""The run store's lifecycle (sim/run/store.py, docs/runs.md): ``--publish`` writes ``STORE.partial`` and renames
+it into place once complete, resumes a partial of the same config and replaces one of another; ``--on-diverge
+keep`` makes a stopped run a result; the device of ``python -m sim lease -- python -m sim run`` is the leased one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import yaml
+
+import sim.schedule
+from sim import gpu
+from sim.archive import open_run, read_attrs
+from sim.cli import main as cli
+from sim.errors import ConfigError, NonFiniteError
+from sim.run import run
+from sim.run import store as run_store
+from tests.test_run import assert_same_archive
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def write_config(path: Path, doc: dict) -> Path:
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def diverging(tiny_config) -> dict:
+    """A run whose first step with an exploding learning rate ends in a NaN loss."""
+    return tiny_config(rules="bp", settings={"bp": {"lr": 1.0e30}}, train={"epochs": 2})
+
+
+def interrupted(doc: dict, store: Path, at_step: int, **kw) -> None:
+    """``run(doc, store, **kw)`` stopped by Ctrl-C before step ``at_step``."""
+    original = sim.schedule.Scheduler.compute
+
+    def compute(self, x, y):
+        if self.step_count == at_step:
+            raise KeyboardInterrupt
+        return original(self, x, y)
+
+    with mock.patch.object(sim.schedule.Scheduler, "compute", compute), pytest.raises(KeyboardInterrupt):
+        run(doc, store, progress=False, **kw)
+
+
+def test_publish_renames_the_complete_partial_into_place(tmp_path, tiny_config, monkeypatch):
+    doc = tiny_config()
+    store, partial = tmp_path / "run.zarr", tmp_path / "run.zarr.partial"
+    seen = []
+    original = run_store.publish
+
+    def publish(src, out):
+        seen.append((src, read_attrs(src)["complete"], out.exists()))
+        return original(src, out)
+
+    monkeypatch.setattr(run_store, "publish", publish)
+    assert run(doc, store, publish=True, progress=False) == store
+    assert seen == [(partial, True, False)]
+    assert read_attrs(store)["complete"] is True and not partial.exists()
+    assert f"published {partial} as {store}" in (tmp_path / "run.zarr.log").read_text()
+    assert_same_archive(run(doc, tmp_path / "plain.zarr", progress=False), store)  # publishing changes nothing
+    # a published store is a result: refused without --resume or --overwrite, kept with --resume
+    with pytest.raises(ConfigError, match="already exists"):
+        run(doc, store, publish=True, progress=False)
+    assert run(doc, store, publish=True, resume=True, progress=False) == store and not partial.exists()
+    # --overwrite runs again into the partial and replaces the store when the new one is complete
+    assert run(doc, store, publish=True, overwrite=True, progress=False) == store
+    assert read_attrs(store)["complete"] is True and not partial.exists()
+
+
+def test_a_failed_published_run_leaves_no_store(tmp_path, tiny_config):
+    store, partial = tmp_path / "run.zarr", tmp_path / "run.zarr.partial"
+    with pytest.raises(NonFiniteError, match="non-finite"):
+        run(diverging(tiny_config), store, publish=True, progress=False)
+    assert not store.exists()
+    attrs = read_attrs(partial)
+    assert attrs["complete"] is False and "diverged" not in attrs
+
+
+def test_publish_resumes_a_partial_of_the_same_config_and_replaces_another(tmp_path, tiny_config):
+    doc = tiny_config(train={"epochs": 3})
+    reference = run(doc, tmp_path / "reference.zarr", progress=False)
+    steps_per_epoch = open_run(reference).sizes["step"] // 3
+    store, partial, log = tmp_path / "run.zarr", tmp_path / "run.zarr.partial", tmp_path / "run.zarr.log"
+    interrupted(doc, store, steps_per_epoch + 5, publish=True)  # in epoch 2, after epoch 1's checkpoint
+    assert partial.exists() and not store.exists()
+    run(doc, store, publish=True, progress=False)
+    assert "resuming" in log.read_text() and not partial.exists()
+    assert_same_archive(reference, store)
+
+    other = tmp_path / "other.zarr"
+    interrupted(doc, other, steps_per_epoch + 5, publish=True)
+    changed = tiny_config(train={"epochs": 3, "seed": 5})
+    run(changed, other, publish=True, progress=False)
+    assert f"replacing {other}.partial" in (tmp_path / "other.zarr.log").read_text()
+    assert '"seed": 5' in read_attrs(other)["config"]
+
+
+def test_on_diverge_keep_through_the_cli(tmp_path, tiny_config, capsys):
+    cfg_path = write_config(tmp_path / "nan.yaml", diverging(tiny_config))
+    store = tmp_path / "run.zarr"
+    assert cli(["run", str(cfg_path), "--out", str(store), "--publish", "--on-diverge", "keep", "--quiet"]) == 0
+    assert capsys.readouterr().out.strip() == str(store)
+    attrs = read_attrs(store)
+    assert attrs["complete"] is False and "non-finite" in attrs["diverged"]
+    assert not (tmp_path / "run.zarr.partial").exists()
+    assert open_run(store).sizes["epoch"] == 0
+    # the default, fail: one error line, exit status 2, nothing published
+    failed = tmp_path / "failed.zarr"
+    assert cli(["run", str(cfg_path), "--out", str(failed), "--publish", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "non-finite" in err and not failed.exists()
+    assert "diverged" not in read_attrs(tmp_path / "failed.zarr.partial")
+    # a published diverged run is a result: --resume leaves it as it is
+    assert cli(["run", str(cfg_path), "--out", str(store), "--publish", "--on-diverge", "keep", "--resume"]) == 0
+    assert "published as a diverged run; nothing to do" in capsys.readouterr().err
+    # keep without --publish flags the store in place
+    plain = tmp_path / "plain.zarr"
+    assert cli(["run", str(cfg_path), "--out", str(plain), "--on-diverge", "keep", "--quiet"]) == 0
+    assert "non-finite" in read_attrs(plain)["diverged"]
+    # an unfinished store written without --publish is not taken for a published one
+    unfinished = tmp_path / "unfinished.zarr"
+    assert cli(["run", str(cfg_path), "--out", str(unfinished), "--quiet"]) == 2
+    assert cli(["run", str(cfg_path), "--out", str(unfinished), "--publish", "--resume", "--quiet"]) == 2
+    assert "not published (written without --publish)" in capsys.readouterr().err
+
+
+def lease_env(tmp_path: Path) -> dict[str, str]:
+    """No GPU in the pool (the lease falls back to the CPU), a private lock folder, one thread."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "GAITSIM_DEVICE")}
+    return {**env, gpu.POOL_ENV: "", gpu.LOCK_DIR_ENV: str(tmp_path / "locks"), "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1"}
+
+
+def test_a_run_under_lease_trains_on_the_leased_device(tmp_path, tiny_config):
+    # the config asks for cuda; the lease (no GPU here: the CPU) decides, through GAITSIM_DEVICE
+    doc = tiny_config(train={"epochs": 1, "device": "cuda"}, record={"probe_epochs": [0]})
+    cfg_path = write_config(tmp_path / "run.yaml", doc)
+    store = tmp_path / "run.zarr"
+    proc = subprocess.run([sys.executable, "-m", "sim", "lease", "--", sys.executable, "-m", "sim", "run",
+                           str(cfg_path), "--out", str(store), "--quiet"], env=lease_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "lease: cpu" in proc.stderr
+    attrs = read_attrs(store)
+    assert attrs["device"] == "cpu" and '"device": "cpu"' in attrs["config"]
+
+
+def test_an_invalid_gaitsim_device_is_one_error_line(tmp_path, tiny_config, monkeypatch, capsys):
+    cfg_path = write_config(tmp_path / "run.yaml", tiny_config(train={"epochs": 1}, record={"probe_epochs": [0]}))
+    store = tmp_path / "run.zarr"
+    monkeypatch.setenv("GAITSIM_DEVICE", "gpu0")
+    assert cli(["run", str(cfg_path), "--out", str(store), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: GAITSIM_DEVICE='gpu0' is not a device") and len(err.splitlines()) == 1, err
+    assert not store.exists()
+    assert cli(["run", str(cfg_path), "--out", str(store), "--quiet", "--device", "cpu"]) == 0  # --device wins
