@@ -3,10 +3,11 @@
 The workflow writes one zarr store per run at ``results/<study>/<experiment>/rule~<rule>/seed~<seed>/run.zarr``
 (docs/workflow.md); a sweep point's experiment carries its parameters as further ``key~value`` folders, e.g.
 ``results/noise/deep/message_std~0.01/eta~1e-05/rule~gp/seed~0/run.zarr``. :func:`load_study` parses those path
-parts, opens every store with ``xarray.open_zarr`` (docs/runs.md: the archive contract), refuses stores whose
-``complete`` attribute is not true (a crashed or killed run leaves a readable prefix that must not pass as a
-result), and outer-joins them: runs with fewer steps or epochs are padded with NaN. A store the workflow published
-as *diverged* (its run stopped at a NaN/Inf: a final outcome of a sweep, attribute ``diverged``) is kept and flagged.
+parts, opens every store with :func:`sim.archive.open_run` (``xarray.open_zarr``; docs/runs.md: the archive
+contract), refuses stores whose ``complete`` attribute is not true (a crashed or killed run leaves a readable prefix
+that must not pass as a result), and outer-joins them: runs with fewer steps or epochs are padded with NaN. A store
+the workflow published as *diverged* (its run stopped at a NaN/Inf: a final outcome of a sweep, attribute
+``diverged``) is kept and flagged.
 
     ds = load_study("results/quick")
     ds.angle.sel(experiment="deep", rule="gp").mean("seed")      # (step, layer)
@@ -34,6 +35,8 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+
+from sim.archive import open_run
 
 #: archive variables a study keeps (per-step, per-epoch and per-layer records; not the probe activities)
 VARIABLES = ("angle", "loss", "train_top1", "train_top5", "test_top1", "test_top5", "train_loss", "test_loss",
@@ -112,13 +115,6 @@ def find_stores(root: str | Path) -> list[Path]:
     return sorted(stores)
 
 
-def open_store(path: str | Path) -> xr.Dataset:
-    """One run store, lazily, as of its last commit (zarr's note on consolidated v3 metadata silenced)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return xr.open_zarr(str(path))
-
-
 def _layer_key(name: str) -> tuple:
     m = re.fullmatch(r"(.*?)(\d+)", name)
     stem, num = (m.group(1), int(m.group(2))) if m else (name, -1)
@@ -130,7 +126,7 @@ def _rule_key(name: str) -> tuple:
 
 
 def _run_dataset(run: RunPath, on_incomplete: str, on_diverged: str) -> xr.Dataset | None:
-    ds = open_store(run.path)
+    ds = open_run(run.path)
     diverged = ds.attrs.get("diverged")
     if diverged and ds.attrs.get("complete") is not True and on_diverged == "raise":
         raise IncompleteStoreError(f"{run.path}: the run diverged ({diverged})")
