@@ -1,7 +1,8 @@
 # Input functions of the rules (docs/workflow.md). The studies are expanded into runs by sim.study.expand, plain
 # Python that tests/test_study.py tests without Snakemake; nothing here imports torch, so the DAG is built in a
-# second. Each run is validated once per workflow, in its study's check_configs job (sim.study.check_runs), not here:
-# every job re-reads this file.
+# second. Each run is validated completely once per workflow, in its study's check_configs job
+# (sim.study.check_runs); here only against the run schema, and only in the main process (a dry run reports a
+# misspelled key at once; the jobs, which re-read this file, do not repeat it).
 
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from sim.study import write_run_config as write_config
 
 try:
     STUDIES = selected_studies(config)
-    RUNS = {(r.study, r.experiment, r.label, r.seed): r for r in expand(config, REPO, validate=False)}
+    RUNS = {(r.study, r.experiment, r.label, r.seed): r for r in expand(config, REPO, validate=workflow.is_main_process)}
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
