@@ -65,15 +65,19 @@ OLD_NAMES = {"checkpoint": "probe_epoch", "checkpoint_step": "probe_step", "prob
 #: what a layer name must look like to become part of variable and dim names (no path separators, no dots)
 SAFE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
-#: per-epoch scalar variables: name -> (units, description)
-EPOCH_METRICS: dict[str, tuple[str, str]] = {
-    "train_top1": ("1", "top-1 accuracy on the whole train split after the epoch (fraction of samples)"),
-    "train_top5": ("1", "top-5 accuracy (top-min(5, classes)) on the whole train split after the epoch"),
-    "test_top1": ("1", "top-1 accuracy on the whole test split after the epoch (fraction of samples)"),
-    "test_top5": ("1", "top-5 accuracy (top-min(5, classes)) on the whole test split after the epoch"),
-    "train_loss": ("nat", "mean cross-entropy per sample on the whole train split after the epoch"),
-    "test_loss": ("nat", "mean cross-entropy per sample on the whole test split after the epoch"),
-    "epoch_wall_s": ("s", "wall-clock time of the epoch: training steps, evaluation and recording"),
+#: per-epoch scalar variables: name -> (units, long_name, description)
+EPOCH_METRICS: dict[str, tuple[str, str, str]] = {
+    "train_top1": ("1", "train top-1 accuracy",
+                   "top-1 accuracy on the whole train split after the epoch (fraction of samples)"),
+    "train_top5": ("1", "train top-5 accuracy",
+                   "top-5 accuracy (top-min(5, classes)) on the whole train split after the epoch"),
+    "test_top1": ("1", "test top-1 accuracy",
+                  "top-1 accuracy on the whole test split after the epoch (fraction of samples)"),
+    "test_top5": ("1", "test top-5 accuracy",
+                  "top-5 accuracy (top-min(5, classes)) on the whole test split after the epoch"),
+    "train_loss": ("nat", "train loss", "mean cross-entropy per sample on the whole train split after the epoch"),
+    "test_loss": ("nat", "test loss", "mean cross-entropy per sample on the whole test split after the epoch"),
+    "epoch_wall_s": ("s", "epoch wall time", "wall-clock time of the epoch: training steps, evaluation and recording"),
 }
 
 
@@ -207,12 +211,13 @@ class RunArchive:
             n_layers = len(layers)
             steps_chunk = max(1, int(steps_per_epoch))
 
-            def array(name, shape, chunks, dtype, dims, *, units=None, description=None, coords=None, data=None):
+            def array(name, shape, chunks, dtype, dims, *, long_name, units="1", description=None, coords=None,
+                      data=None):
+                # CF attributes on every array: long_name and units label xarray's plots (``ds.test_top1.plot()``);
+                # units "1": a dimensionless number, an index or a label
                 dt = np.dtype(dtype) if dtype is not str else None
                 fill = "" if dt is None else _FILL.get(dt.kind, 0)
-                attributes = {}
-                if units is not None:
-                    attributes["units"] = units
+                attributes = {"long_name": long_name, "units": units}
                 if description is not None:
                     attributes["description"] = description
                 if coords:
@@ -226,54 +231,66 @@ class RunArchive:
                 return arr
 
             # static coordinates
-            array("layer", (n_layers,), (n_layers,), str, ["layer"], description="layer names, bottom to top",
+            array("layer", (n_layers,), (n_layers,), str, ["layer"], long_name="layer",
+                  description="layer names, bottom to top",
                   data=np.array([layer.name for layer in layers], dtype=object))
-            array("rule", (n_layers,), (n_layers,), str, ["layer"], description="plasticity rule of each layer",
+            array("rule", (n_layers,), (n_layers,), str, ["layer"], long_name="rule",
+                  description="plasticity rule of each layer",
                   data=np.array([layer.rule for layer in layers], dtype=object))
-            array("square", (n_layers,), (n_layers,), "bool", ["layer"],
+            array("square", (n_layers,), (n_layers,), "bool", ["layer"], long_name="square layer",
                   description="whether the layer is square (invertible, may carry aux units)",
                   data=np.array([layer.square for layer in layers]))
             layer_coords = ["rule", "square"]
 
             # per step
-            array("step", (0,), (steps_chunk,), "int64", ["step"], units="step",
+            array("step", (0,), (steps_chunk,), "int64", ["step"], units="step", long_name="training step",
                   description="global optimizer step, 0-based")
             array("step_epoch", (0,), (steps_chunk,), "int64", ["step"], units="epoch",
+                  long_name="epoch of the step",
                   description="the epoch (1-based) each step belongs to")
             array("loss", (0,), (steps_chunk,), "float64", ["step"], units="nat", coords=["step_epoch"],
+                  long_name="training batch loss",
                   description="mean cross-entropy per sample of the step's training batch (before the update)")
             array("batch_size", (0,), (steps_chunk,), "int64", ["step"], units="sample", coords=["step_epoch"],
+                  long_name="batch size",
                   description="samples in the step's training batch")
             array("angle", (0, n_layers), (steps_chunk, n_layers), "float64", ["step", "layer"], units="degree",
+                  long_name="angle to BP",
                   coords=["step_epoch", *layer_coords],
                   description="angle between each layer's raw update and BP's gradient on the same batch and "
                               "weights (sim.compare); NaN at steps where it was not measured")
             # per epoch
-            array("epoch", (0,), (EPOCH_CHUNK,), "int64", ["epoch"], units="epoch", description="epoch, 1-based")
-            for name, (units, desc) in EPOCH_METRICS.items():
-                array(name, (0,), (EPOCH_CHUNK,), "float64", ["epoch"], units=units, description=desc)
+            array("epoch", (0,), (EPOCH_CHUNK,), "int64", ["epoch"], units="epoch", long_name="epoch",
+                  description="epoch, 1-based")
+            for name, (units, long_name, desc) in EPOCH_METRICS.items():
+                array(name, (0,), (EPOCH_CHUNK,), "float64", ["epoch"], units=units, long_name=long_name,
+                      description=desc)
             array("ortho_error", (0, n_layers), (EPOCH_CHUNK, n_layers), "float64", ["epoch", "layer"],
-                  units="1", coords=layer_coords,
+                  units="1", coords=layer_coords, long_name="orthogonality error",
                   description="||W W^T - I||_F / sqrt(n) of each square layer after the epoch; NaN for non-square")
             # per probe record
             array("probe_epoch", (0,), (EPOCH_CHUNK,), "int64", ["probe_epoch"], units="epoch",
+                  long_name="probe epoch",
                   description="epoch after which the probe batch was recorded; 0 = before training")
             array("probe_step", (0,), (EPOCH_CHUNK,), "int64", ["probe_epoch"], units="step",
+                  long_name="step of the probe record",
                   description="optimizer steps taken when the probe batch was recorded")
             if probe_labels is not None and len(probe_labels):
                 n_probe = len(probe_labels)
-                array("sample", (n_probe,), (n_probe,), "int64", ["sample"],
+                array("sample", (n_probe,), (n_probe,), "int64", ["sample"], long_name="probe sample",
                       description="sample index in the probe batch (= index in the test split)",
                       data=np.arange(n_probe))
-                array("probe_label", (n_probe,), (n_probe,), "int64", ["sample"], description="label of each probe "
-                      "sample", data=np.asarray(probe_labels, dtype=np.int64))
+                array("probe_label", (n_probe,), (n_probe,), "int64", ["sample"], long_name="probe label",
+                      description="label of each probe sample", data=np.asarray(probe_labels, dtype=np.int64))
                 for layer in layers:
                     dims = ["probe_epoch", "sample", *layer.unit_dims]
                     shape, chunks = (0, n_probe, *layer.out_shape), (1, n_probe, *layer.out_shape)
                     array(f"activity_{layer.name}", shape, chunks, activity_dtype, dims, units="1",
+                          long_name=f"activity of {layer.name}",
                           coords=["probe_step"], description=f"full output a of layer {layer.name} (aux units "
                           "included) on the probe batch, no noise")
                     array(f"target_{layer.name}", shape, chunks, "float64", dims, units="1",
+                          long_name=f"target of {layer.name}",
                           coords=["probe_step"], description=f"target t = a + d of layer {layer.name} on the "
                           "probe batch (no noise, no update applied), in float64 so that t - a recovers d")
         archive = cls(path, group)
