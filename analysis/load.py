@@ -1,34 +1,51 @@
-"""Open the run stores of a study as one ``xarray.Dataset`` with ``experiment``, ``rule`` and ``seed`` dims.
+"""Open the run stores of a study as one ``xarray.Dataset``: experiment, sweep parameters, rule and seed are dims.
 
 The workflow writes one zarr store per run at ``results/<study>/<experiment>/rule~<rule>/seed~<seed>/run.zarr``
-(docs/workflow.md); a sweep point's experiment carries its parameters as further ``key~value`` folders, e.g.
-``results/noise/deep/message_std~0.01/eta~1e-05/rule~gp/seed~0/run.zarr``. :func:`load_study` parses those path
-parts, opens every store with :func:`sim.archive.open_run` (``xarray.open_zarr``; docs/runs.md: the archive
-contract), refuses stores whose ``complete`` attribute is not true (a crashed or killed run leaves a readable prefix
-that must not pass as a result), and outer-joins them: runs with fewer steps or epochs are padded with NaN. A store
-the workflow published as *diverged* (its run stopped at a NaN/Inf: a final outcome of a sweep, attribute
-``diverged``) is kept and flagged.
+(docs/workflow.md); a sweep point adds its parameters as ``key~value`` folders, e.g.
+``results/noise/digits_deep/message_std~0.01/eta~1e-05/rule~gp/seed~0/run.zarr``. :func:`load_study` parses those
+path parts, opens every store with :func:`sim.archive.open_run` (docs/runs.md: the archive contract) and outer-joins
+them into one Dataset with dims ``experiment`` (the experiment's name), one dim per sweep parameter (in path order,
+values sorted, numbers where they parse), ``rule`` and ``seed``, then the archive's ``step``, ``layer`` and
+``epoch``; runs with fewer steps or epochs, and points of the grid that have no run, are NaN. So a sweep is selected
+by value:
 
-    ds = load_study("results/quick")
-    ds.angle.sel(experiment="deep", rule="gp").mean("seed")      # (step, layer)
-    ds.test_top1.isel(epoch=-1)                                   # (experiment, rule, seed)
+    ds = load_study("results/noise")
+    ds.angle.sel(eta=1e-5, message_std=0.0)                       # (experiment, rule, seed, step, layer)
+    ds.test_top1.sel(rule="gp").isel(epoch=-1)                     # (experiment, message_std, eta, seed)
+    mix = load_study("results/mixing")
+    mix.sel(rule=mix.below == "fa", split=3)                       # rule mixtures by their lower/upper rule
 
-Per-experiment coordinates: ``group`` (the experiment's first path part), every sweep parameter (``message_std``,
-``eta``, ``split``, ``dtype``, ...: numbers where they parse), ``data_kind`` (from the run config) and ``metric``
-('top5' for ImageNet data, else 'top1': the accuracy the figures and the table report). Per-run variables besides
-the archive's: ``layer_rule`` (the rule of each layer, which differs between runs of a mixing study), ``config``
-(the resolved run config, JSON) and ``diverged`` (1 for a diverged run, 0 for a complete one, NaN where there is no
-run: also the mask of which runs exist). Attributes: ``study``.
+An experiment that does not sweep a parameter another experiment of the study sweeps sits at that dim's *missing*
+label (NaN for numbers, '' for text). A rule label is a rule name or ``<below>+<above>`` (a mixture, sim.study);
+the ``rule`` dim has the coordinates ``below`` and ``above`` (both the rule itself for a plain rule), so
+``ds.sel(rule=ds.below == "fa")`` picks every run with FA in its lowest layers. (They are not indexes: a second
+index along ``rule`` would make ``ds.stack(...)`` over ``rule`` fail.)
+
+Stores whose ``complete`` attribute is not true (a crashed or killed run leaves a readable prefix that must not pass
+as a result) are refused; a store the workflow published as *diverged* (its run stopped at a NaN/Inf: a final
+outcome of a sweep, attribute ``diverged``) is kept and flagged. With ``include_partial=True`` the runs still being
+written (``run.zarr.partial`` stores, and incomplete ``run.zarr`` stores) are loaded with what they recorded so far
+and flagged ``unfinished``: the figures mark them, the table counts them (for a look at a study while it runs).
+
+Per-experiment coordinates: ``network`` (the preset and its options, or a hash of an explicit stack), ``data_kind``
+(from the run config) and ``metric`` ('top5' for ImageNet data, else 'top1': the accuracy the figures and the table
+report); the figures group runs by ``network`` and ``data_kind``. Per-run variables besides the archive's:
+``layer_rule`` (the rule of each layer, which differs between the runs of a mixing study), ``config`` (the resolved
+run config, JSON), ``diverged`` (1 for a diverged run, 0 otherwise, NaN where there is no run: also the mask of which
+runs exist), ``unfinished`` (1 for a run still being written, 0 for a finished one) and ``epochs_total`` (the
+epochs its config asks for). Attributes: ``study``, ``description`` (given to :func:`load_study`: the workflow passes
+the study's ``description``), ``include_partial``. Every variable and coordinate has ``long_name`` and ``units``.
 
 Nothing here imports torch: analysis runs where the simulator does not.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,14 +53,40 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from analysis.style import rule_key
 from sim.archive import open_run
 
 #: archive variables a study keeps (per-step, per-epoch and per-layer records; not the probe activities)
 VARIABLES = ("angle", "loss", "train_top1", "train_top5", "test_top1", "test_top5", "train_loss", "test_loss",
              "ortho_error", "epoch_wall_s")
-#: order of the rule dim: the registry's rules first, anything else (mixtures like 'fa+gp') after, by name
-RULE_ORDER = ("bp", "fa", "vgp", "gp")
 STORE_NAME = "run.zarr"
+#: the name of a store its run is still writing (sim.run publishes it as STORE_NAME once complete)
+PARTIAL_NAME = f"{STORE_NAME}.partial"
+#: where a run's sweep dim has no value: the experiment does not sweep that parameter
+MISSING_NUMBER, MISSING_TEXT = np.nan, ""
+
+#: CF attributes of what the study Dataset adds to the archive's variables
+ATTRS: dict[str, dict[str, str]] = {
+    "experiment": {"long_name": "experiment", "units": "1"},
+    "rule": {"long_name": "rule (or <below>+<above> mixture)", "units": "1"},
+    "below": {"long_name": "rule of the lowest layers", "units": "1"},
+    "above": {"long_name": "rule of the upper layers", "units": "1"},
+    "seed": {"long_name": "seed", "units": "1"},
+    "network": {"long_name": "network", "units": "1"},
+    "data_kind": {"long_name": "data", "units": "1"},
+    "metric": {"long_name": "accuracy reported", "units": "1"},
+    "layer_rule": {"long_name": "rule of the layer", "units": "1"},
+    "layer_square": {"long_name": "square layer", "units": "1"},
+    "config": {"long_name": "resolved run config (JSON)", "units": "1"},
+    "diverged": {"long_name": "diverged", "units": "1",
+                 "description": "1: the run stopped at a NaN/Inf or a singular layer (attribute diverged); "
+                                "0: it did not; NaN: no such run"},
+    "unfinished": {"long_name": "unfinished", "units": "1",
+                   "description": "1: the run is still being written (a partial or incomplete store, loaded with "
+                                  "include_partial=True): its values are not results; 0: finished; NaN: no such run"},
+    "epochs_total": {"long_name": "epochs asked for", "units": "epoch",
+                     "description": "train.epochs of the run's config"},
+}
 
 
 class IncompleteStoreError(ValueError):
@@ -59,10 +102,16 @@ class RunPath:
     experiment: str
     """The path between the study folder and ``rule~``: the group, then any ``key~value`` sweep parts."""
     group: str
+    """The experiment's name (the first path part below the study)."""
     rule: str
     seed: int
     params: dict[str, Any] = field(default_factory=dict)
     """Sweep parameters from the experiment's ``key~value`` parts, numbers parsed."""
+
+    @property
+    def partial(self) -> bool:
+        """Whether the path is a store its run is still writing (``run.zarr.partial``)."""
+        return self.path.name.endswith(".partial")
 
 
 def parse_value(text: str) -> Any:
@@ -83,7 +132,7 @@ def _kv(part: str) -> tuple[str, str] | None:
 
 
 def parse_store_path(path: str | Path) -> RunPath:
-    """Parse ``.../<study>/<group>[/<key>~<value>...]/rule~<rule>/seed~<seed>/run.zarr``."""
+    """Parse ``.../<study>/<group>[/<key>~<value>...]/rule~<rule>/seed~<seed>/run.zarr`` (or ``run.zarr.partial``)."""
     path = Path(path)
     parts = path.parts
     try:
@@ -105,14 +154,22 @@ def parse_store_path(path: str | Path) -> RunPath:
                    rule=_kv(parts[i])[1], seed=int(seed_part[1]), params=dict(reversed(list(params.items()))))
 
 
-def find_stores(root: str | Path) -> list[Path]:
-    """Every ``run.zarr`` below ``root`` (a study folder) that sits in a ``rule~.../seed~...`` folder, sorted."""
+def _prefer_complete(paths: Sequence[Path]) -> list[Path]:
+    """Drop a ``run.zarr.partial`` whose folder also holds a ``run.zarr`` (the run was published meanwhile)."""
+    have = {p.parent for p in paths if p.name == STORE_NAME}
+    return [p for p in paths if p.name == STORE_NAME or p.parent not in have]
+
+
+def find_stores(root: str | Path, *, include_partial: bool = False) -> list[Path]:
+    """Every ``run.zarr`` below ``root`` (a study folder) that sits in a ``rule~.../seed~...`` folder, sorted; with
+    ``include_partial`` also every ``run.zarr.partial`` of a run not yet published."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such study folder (expected results/<study>)")
-    stores = [p for p in root.rglob(STORE_NAME) if p.parent.name.startswith("seed~")
+    names = (STORE_NAME, PARTIAL_NAME) if include_partial else (STORE_NAME,)
+    stores = [p for name in names for p in root.rglob(name) if p.parent.name.startswith("seed~")
               and p.parent.parent.name.startswith("rule~")]
-    return sorted(stores)
+    return sorted(_prefer_complete(stores))
 
 
 def _layer_key(name: str) -> tuple:
@@ -121,18 +178,32 @@ def _layer_key(name: str) -> tuple:
     return (name == "output", stem, num)
 
 
-def _rule_key(name: str) -> tuple:
-    return (RULE_ORDER.index(name), "") if name in RULE_ORDER else (len(RULE_ORDER), name)
+def _config(text: str) -> dict:
+    try:
+        doc = json.loads(text)
+    except (TypeError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
-def _run_dataset(run: RunPath, on_incomplete: str, on_diverged: str) -> xr.Dataset | None:
-    ds = open_run(run.path)
-    diverged = ds.attrs.get("diverged")
-    if diverged and ds.attrs.get("complete") is not True and on_diverged == "raise":
-        raise IncompleteStoreError(f"{run.path}: the run diverged ({diverged})")
-    if ds.attrs.get("complete") is not True and not diverged:
+def _run_dataset(run: RunPath, labels: dict[str, Any], on_incomplete: str, on_diverged: str,
+                 include_partial: bool) -> xr.Dataset | None:
+    try:
+        ds = open_run(run.path)
+    except Exception as exc:  # noqa: BLE001 - a store still being created can fail in many ways
+        if not include_partial or run.path.name == STORE_NAME:
+            raise
+        warnings.warn(f"{run.path}: left out, not readable yet ({type(exc).__name__}: {exc})", stacklevel=3)
+        return None
+    complete = ds.attrs.get("complete") is True
+    diverged = bool(ds.attrs.get("diverged")) and not complete
+    if diverged and on_diverged == "raise":
+        raise IncompleteStoreError(f"{run.path}: the run diverged ({ds.attrs['diverged']})")
+    unfinished = not complete and not diverged
+    if unfinished and not include_partial:
         msg = (f"{run.path}: the run store is not complete (attribute complete = {ds.attrs.get('complete')!r}); "
-               "it is still running, or it crashed or was killed. Rerun its job (snakemake reruns it) or delete it.")
+               "it is still running, or it crashed or was killed. Rerun its job (snakemake reruns it) or delete it "
+               "(load_study(..., include_partial=True) shows what it recorded so far, marked unfinished).")
         if on_incomplete == "skip":
             warnings.warn(msg, stacklevel=3)
             return None
@@ -144,45 +215,71 @@ def _run_dataset(run: RunPath, on_incomplete: str, on_diverged: str) -> xr.Datas
     drop = [c for c in out.coords if c not in ("step", "epoch", "layer")]
     out = out.drop_vars(drop).load()
     config = ds.attrs.get("config", "{}")
+    epochs = _config(config).get("train", {}).get("epochs")
     out["config"] = xr.DataArray(config)
-    out["diverged"] = xr.DataArray(1.0 if diverged and ds.attrs.get("complete") is not True else 0.0,
-                                   attrs={"description": "1: the run stopped at a NaN/Inf or a singular layer "
-                                                         "(attribute diverged); 0: it completed; NaN: no such run"})
+    out["diverged"] = xr.DataArray(1.0 if diverged else 0.0)
+    out["unfinished"] = xr.DataArray(1.0 if unfinished else 0.0)
+    out["epochs_total"] = xr.DataArray(float(epochs) if isinstance(epochs, (int, float)) else np.nan)
     if "layer" in out.coords:
         out = out.assign_coords(layer=out.layer.values.astype(object))
     if "layer_rule" in out:
         out["layer_rule"] = out.layer_rule.astype(object)
-    return out.expand_dims(experiment=[run.experiment], rule=[run.rule], seed=[run.seed])
+    return out.expand_dims({"experiment": [run.group], **{k: [v] for k, v in labels.items()}, "rule": [run.rule],
+                            "seed": [run.seed]})
 
 
-def _data_kind(config_json: str) -> str:
-    try:
-        return str(json.loads(config_json).get("data", {}).get("kind", ""))
-    except (ValueError, AttributeError):
-        return ""
+def _sweep_kinds(runs: Sequence[RunPath]) -> dict[str, bool]:
+    """Every sweep parameter of the study (in path order) and whether all its values are numbers."""
+    kinds: dict[str, bool] = {}
+    for r in runs:
+        for key, value in r.params.items():
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            kinds[key] = kinds.get(key, True) and number
+    return kinds
+
+
+def _labels(run: RunPath, kinds: dict[str, bool]) -> dict[str, Any]:
+    """The run's label on every sweep dim: its value, or the missing label where its experiment does not sweep it."""
+    out = {}
+    for key, number in kinds.items():
+        value = run.params.get(key)
+        if value is None:
+            out[key] = MISSING_NUMBER if number else MISSING_TEXT
+        else:
+            out[key] = value if number else str(value)
+    return out
 
 
 def load_study(source: str | Path | Sequence[str | Path], *, on_incomplete: str = "raise",
-               on_diverged: str = "keep") -> xr.Dataset:
-    """Open every run store of one study into one Dataset with ``experiment``, ``rule`` and ``seed`` dims.
+               on_diverged: str = "keep", include_partial: bool = False, description: str | None = None
+               ) -> xr.Dataset:
+    """Open every run store of one study into one Dataset (module docstring: dims, coordinates, variables).
 
     Args:
         source: a study folder (``results/<study>``; every ``run.zarr`` below it) or a list of store paths.
         on_incomplete: 'raise' (default): an incomplete store is an :class:`IncompleteStoreError`; 'skip': leave it
-            out with a warning (for a look at a study while it runs).
+            out with a warning.
         on_diverged: 'keep' (default): a store the workflow published as diverged (attribute ``diverged``: the run
             stopped at a NaN/Inf or a singular layer, a final outcome of a study with ``on_diverge: keep``) is loaded
             with what it recorded up to then, and flagged in the variable ``diverged``; 'raise': refuse it.
+        include_partial: also load the runs still being written (``run.zarr.partial`` stores of running jobs, and
+            incomplete stores) with what they recorded so far, flagged in the variable ``unfinished`` (the figures
+            draw them dotted, labelled with their progress). Default False: finished runs only.
+        description: what the study asks (the workflow config's ``studies.<study>.description``): ``attrs``.
 
     Raises:
-        IncompleteStoreError: a store's ``complete`` attribute is not true (with ``on_incomplete='raise'``).
+        IncompleteStoreError: a store's ``complete`` attribute is not true (with ``on_incomplete='raise'`` and
+            ``include_partial=False``).
         ValueError: no stores, a path that does not parse, stores of several studies, or one run given twice.
     """
     if on_incomplete not in ("raise", "skip"):
         raise ValueError("on_incomplete must be 'raise' or 'skip'")
     if on_diverged not in ("keep", "raise"):
         raise ValueError("on_diverged must be 'keep' or 'raise'")
-    paths = find_stores(source) if isinstance(source, (str, Path)) else [Path(p) for p in source]
+    if isinstance(source, (str, Path)):
+        paths = find_stores(source, include_partial=include_partial)
+    else:
+        paths = _prefer_complete([Path(p) for p in source])
     if not paths:
         raise ValueError(f"no run stores ({STORE_NAME}) found in {source}")
     runs = [parse_store_path(p) for p in paths]
@@ -195,55 +292,80 @@ def load_study(source: str | Path | Sequence[str | Path], *, on_incomplete: str 
         if key in seen:
             raise ValueError(f"run {key} given twice: {seen[key]} and {r.path}")
         seen[key] = r.path
-    parts = [d for d in (_run_dataset(r, on_incomplete, on_diverged) for r in runs) if d is not None]
+    kinds = _sweep_kinds(runs)
+    parts = [d for d in (_run_dataset(r, _labels(r, kinds), on_incomplete, on_diverged, include_partial)
+                         for r in runs) if d is not None]
     if not parts:
         raise ValueError(f"no complete run stores in {source}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         ds = xr.merge(parts, join="outer", compat="no_conflicts", combine_attrs="drop_conflicts")
-    ds = _canonical_order(ds)
-    ds = _experiment_coords(ds, [r for r in runs])
-    ds.attrs = {"study": studies[0]}
+    ds = _canonical_order(ds, list(kinds))
+    ds = _coordinates(ds)
+    ds.attrs = {"study": studies[0], "description": " ".join((description or "").split()),
+                "include_partial": int(include_partial)}
     return ds
 
 
-def _canonical_order(ds: xr.Dataset) -> xr.Dataset:
-    order = {}
+def _sweep_order(values: list, number: bool) -> list:
+    """Sweep labels sorted (numerically where they are numbers), the missing label last."""
+    if number:
+        return sorted(v for v in values if not np.isnan(v)) + [v for v in values if np.isnan(v)][:1]
+    return sorted(v for v in values if v != MISSING_TEXT) + [v for v in values if v == MISSING_TEXT][:1]
+
+
+def _canonical_order(ds: xr.Dataset, sweep: list[str]) -> xr.Dataset:
+    order: dict[str, list] = {"experiment": sorted(ds.experiment.values.tolist())}
+    for key in sweep:
+        values = ds[key].values.tolist()
+        order[key] = _sweep_order(values, ds[key].dtype.kind in "fiu")
     if "layer" in ds.dims:
         order["layer"] = sorted(ds.layer.values.tolist(), key=_layer_key)
-    order["rule"] = sorted(ds.rule.values.tolist(), key=_rule_key)
+    order["rule"] = sorted(ds.rule.values.tolist(), key=rule_key)
     order["seed"] = sorted(ds.seed.values.tolist())
-    return ds.reindex(order)
+    ds = ds.reindex(order)
+    run_dims = ["experiment", *sweep, "rule", "seed"]
+    return ds.transpose(*run_dims, ...)
 
 
-def _experiment_coords(ds: xr.Dataset, runs: Iterable[RunPath]) -> xr.Dataset:
-    by_exp: dict[str, RunPath] = {}
-    for r in runs:
-        by_exp.setdefault(r.experiment, r)
-    exps = ds.experiment.values.tolist()
-    # experiments ordered by group, then by their sweep values (numerically where they are numbers)
-    def exp_key(name: str) -> tuple:
-        r = by_exp[name]
-        return (r.group, tuple((k, (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)))
-                               for k, v in r.params.items()))
-    ds = ds.reindex(experiment=sorted(exps, key=exp_key))
-    exps = ds.experiment.values.tolist()
-    coords: dict[str, Any] = {"group": ("experiment", np.array([by_exp[e].group for e in exps], dtype=object))}
-    keys = list(dict.fromkeys(k for e in exps for k in by_exp[e].params))
-    for key in keys:
-        values = [by_exp[e].params.get(key) for e in exps]
-        if all(isinstance(v, (int, float)) or v is None for v in values):
-            arr = np.array([np.nan if v is None else v for v in values])
-            if all(isinstance(v, int) for v in values):
-                arr = arr.astype(np.int64)
-        else:
-            arr = np.array(["" if v is None else str(v) for v in values], dtype=object)
-        coords[key] = ("experiment", arr)
-    kinds = []
-    for e in exps:
-        cfgs = [c for c in np.ravel(ds.config.sel(experiment=e).values) if isinstance(c, str) and c]
-        kinds.append(_data_kind(cfgs[0]) if cfgs else "")
-    coords["data_kind"] = ("experiment", np.array(kinds, dtype=object))
-    coords["metric"] = ("experiment", np.array(["top5" if k.startswith("imagenet") else "top1" for k in kinds],
-                                                dtype=object))
-    return ds.assign_coords(coords)
+def sweep_dims(ds: xr.Dataset) -> list[str]:
+    """The sweep parameters of a study Dataset: its run dims between ``experiment`` and ``rule``."""
+    dims = list(ds.diverged.dims) if "diverged" in ds else list(ds.dims)
+    return [d for d in dims if d not in ("experiment", "rule", "seed", "step", "epoch", "layer")]
+
+
+def _network(config: dict) -> str:
+    """The network's name: its preset with the options given, or a short hash of an explicit stack."""
+    net = config.get("network") or {}
+    if net.get("preset"):
+        options = ", ".join(f"{k}={v}" for k, v in sorted(net.items()) if k != "preset" and v is not None)
+        return f"{net['preset']}({options})" if options else str(net["preset"])
+    if not net:
+        return ""
+    return "stack " + hashlib.sha256(json.dumps(net, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _coordinates(ds: xr.Dataset) -> xr.Dataset:
+    """Per-experiment ``network``, ``data_kind`` and ``metric`` (from the experiment's first run config); ``below``
+    and ``above`` of every rule label; CF attributes on everything the study adds."""
+    networks, kinds = [], []
+    for e in ds.experiment.values:
+        cfgs = [_config(c) for c in np.ravel(ds.config.sel(experiment=e).values) if isinstance(c, str) and c]
+        cfg = next((c for c in cfgs if c), {})
+        networks.append(_network(cfg))
+        kinds.append(str((cfg.get("data") or {}).get("kind", "")))
+    labels = [str(r) for r in ds.rule.values]
+    ds = ds.assign_coords(
+        network=("experiment", np.array(networks, dtype=object)),
+        data_kind=("experiment", np.array(kinds, dtype=object)),
+        metric=("experiment", np.array(["top5" if k.startswith("imagenet") else "top1" for k in kinds],
+                                       dtype=object)),
+        below=("rule", np.array([r.partition("+")[0] for r in labels], dtype=object)),
+        above=("rule", np.array([r.partition("+")[2] or r for r in labels], dtype=object)),
+    )
+    for name in sweep_dims(ds):
+        ds[name].attrs.update({"long_name": name, "units": "1", "description": "sweep parameter"})
+    for name, attrs in ATTRS.items():
+        if name in ds.variables:
+            ds[name].attrs.update(attrs)
+    return ds
