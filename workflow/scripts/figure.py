@@ -1,5 +1,6 @@
 """Snakemake adapter of rules figures, figure_noise_map and figure_mixing: draw a study's figures from all of its
-stores (analysis.figures); each named output is the figure of that name.
+stores (analysis.figures), with the study's description; each named output is the figure of that name (its
+suffix: the format).
 
 CLI twin: ``python -m analysis results/<study>`` draws every figure that applies, and the table.
 """
@@ -17,7 +18,8 @@ from analysis import FIGURES, load_study, save  # noqa: E402
 
 with open(snakemake.log[0], "w", encoding="utf-8") as log:
     sys.stderr = log
-    ds = load_study(snakemake.input.stores)
+    study = snakemake.config["studies"][snakemake.wildcards.study]
+    ds = load_study(snakemake.input.stores, description=study.get("description"))
     for name, path in snakemake.output.items():
         save(FIGURES[name](ds), path)
         print(f"wrote {path} from {len(snakemake.input.stores)} stores", file=log)

@@ -13,5 +13,7 @@ from analysis import load_study, write  # noqa: E402
 
 with open(snakemake.log[0], "w", encoding="utf-8") as log:
     sys.stderr = log
-    table = write(load_study(snakemake.input.stores), snakemake.output.markdown, snakemake.output.csv)
+    study = snakemake.config["studies"][snakemake.wildcards.study]
+    ds = load_study(snakemake.input.stores, description=study.get("description"))
+    table = write(ds, snakemake.output.markdown, snakemake.output.csv)
     print(table.to_string(), file=log)
