@@ -1,4 +1,4 @@
-# The results table of a study: final train/test accuracy per experiment, sweep point and rule, mean and spread over seeds.
+# The results table of a study: final train/test accuracy per experiment, sweep point and rule, over seeds.
 
 
 rule table:
