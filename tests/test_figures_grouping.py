@@ -116,3 +116,17 @@ def test_rule_styles_follow_the_registry_and_are_stable_for_other_names():
     assert sorted(["fa+gp", "vgp", "zz", "bp"], key=rule_key) == ["bp", "vgp", "fa+gp", "zz"]
     assert rule_color("fa+gp") == rule_color("fa+gp") and rule_color("fa+gp") not in PALETTE[:len(rules)]
     assert rule_marker("newrule") == rule_marker("newrule")
+
+
+def test_an_unswept_experiment_is_the_reference_in_every_sweep_panel(tmp_path):
+    root = tmp_path / "results" / "s"
+    for eta, code in ((1e-5, 0.1), (1e-3, 0.2)):
+        run(root, f"sweep/eta~{eta!r}", "gp", code=code)
+    run(root, "plain", "bp", code=0.3)
+    ds = load_study(root)
+    ps = panels(ds)
+    assert [p.title for p in ps] == ["digits_deep on digits\neta=1e-05", "digits_deep on digits\neta=0.001"]
+    assert [[line.label for line in p.lines] for p in ps] == [["bp · plain", "gp · sweep"]] * 2
+    gp = [line for p in ps for line in p.lines if line.rule == "gp"]
+    assert [line.runs.test_top1.isel(epoch=-1).item() for line in gp] == [0.1, 0.2]
+    assert len(FIGURES["angle_steps"](ds).axes) == 2
