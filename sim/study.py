@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from sim.config.overrides import deep_merge, set_key
 from sim.config.schema import check_schema, load_schema, read_yaml
 from sim.errors import ConfigError
 
@@ -70,24 +71,7 @@ class Run:
         return f"{self.folder}/run.zarr"
 
 
-# ----- merging ------------------------------------------------------------------------------------------------------
-def deep_merge(base: dict, changes: dict) -> dict:
-    """``base`` with ``changes`` merged in: mappings merge key by key, everything else replaces."""
-    out = copy.deepcopy(base)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def set_key(doc: dict, dotted: str, value: Any) -> dict:
-    """``doc`` with the dotted key (e.g. ``settings.gp.eta``) set to ``value``."""
-    head, *rest = dotted.split(".")
-    return deep_merge(doc, {head: value} if not rest else {head: set_key({}, ".".join(rest), value)})
-
-
+# ----- merging (sim.config.overrides: the one place for dotted keys, also behind ``run --set``) ----------------
 def rule_names() -> list[str]:
     """The registered rule names, as the run schema enumerates them (torch-free)."""
     return list(load_schema()["$defs"]["rule_name"]["enum"])
