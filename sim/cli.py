@@ -19,6 +19,7 @@ COMMANDS = {
     "run": "sim.commands.run",
     "bench": "sim.commands.bench",
     "lease": "sim.commands.lease",
+    "status": "sim.commands.status",
 }
 
 
