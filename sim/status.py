@@ -108,8 +108,11 @@ def read_store(path: Path, run: str, *, expected_epochs: int | None = None, now:
     except Exception:  # noqa: BLE001 - a store mid-creation has no zarr.json yet
         attrs = None
     if not attrs or "config" not in attrs:
-        return RunStatus(run, "starting" if partial else "unreadable", epochs=expected_epochs,
-                         note="" if partial else f"{path} holds no run store")
+        if partial:
+            return RunStatus(run, "starting", epochs=expected_epochs)
+        if path.is_dir() and not any(path.iterdir()):
+            return RunStatus(run, "not started", epochs=expected_epochs, note=f"{path} is an empty folder")
+        return RunStatus(run, "unreadable", epochs=expected_epochs, note=f"{path} holds no run store")
     try:
         epochs = int(json.loads(attrs["config"])["train"]["epochs"])
     except (ValueError, KeyError, TypeError):
@@ -210,11 +213,11 @@ def _stores_on_disk(study_dir: Path) -> dict[str, Path]:
     """``{run folder: store}`` for every ``run.zarr`` (preferred) or ``run.zarr.partial`` under ``study_dir``."""
     found: dict[str, Path] = {}
     for root, dirs, _ in os.walk(study_dir):
-        for name in (STORE, PARTIAL):
-            if name in dirs:
-                run = str(Path(root).relative_to(study_dir))
-                if name == STORE or run not in found:
-                    found[run] = Path(root) / name
+        here = [name for name in (STORE, PARTIAL) if name in dirs]
+        if here:
+            # a published store wins; an empty run.zarr (a folder a workflow made) does not hide a partial one
+            published = STORE in here and (Path(root) / STORE / "zarr.json").exists()
+            found[str(Path(root).relative_to(study_dir))] = Path(root) / (STORE if published else here[-1])
         dirs[:] = [d for d in dirs if not d.endswith((".zarr", ".partial")) and not d.startswith(".")
                    and d != "figures"]
     return found

@@ -128,3 +128,19 @@ def test_status_imports_no_torch():
                            text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert check.stdout.strip() == "False", check.stderr
     assert "nowhere is not a folder" in out.stderr
+
+
+def test_a_store_caught_mid_creation_is_starting(tmp_path):
+    """A partial store without its root zarr.json yet (or with one being replaced) is read as starting, not as an
+    error; an empty run.zarr folder is not started; one that holds something else is unreadable."""
+    study = tmp_path / "results" / "s"
+    (study / "e/rule~gp/seed~0/run.zarr.partial").mkdir(parents=True)
+    (study / "e/rule~bp/seed~0/run.zarr.partial").mkdir(parents=True)
+    (study / "e/rule~bp/seed~0/run.zarr.partial/zarr.json").write_text('{"zarr_format": 3, "node_ty')  # torn
+    (study / "e/rule~gp/seed~0/run.zarr").mkdir()  # an empty folder beside the partial store does not hide it
+    (study / "e/rule~fa/seed~0/run.zarr").mkdir(parents=True)
+    (study / "e/rule~vgp/seed~0/run.zarr").mkdir(parents=True)
+    (study / "e/rule~vgp/seed~0/run.zarr/notes.txt").write_text("not a store")
+    rows = {r.run: r.state for r in study_status(study)}
+    assert rows == {"e/rule~bp/seed~0": "starting", "e/rule~gp/seed~0": "starting", "e/rule~fa/seed~0": "not started",
+                    "e/rule~vgp/seed~0": "unreadable"}
