@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -35,10 +37,13 @@ def main(args: argparse.Namespace) -> int:
     for study in studies:
         if not study.is_dir():
             raise ConfigError(f"{study} is not a folder; give a study folder such as results/quick")
-    for i, study in enumerate(studies):
-        rows = study_status(study, args.configfile)
-        if args.json:
-            print(json.dumps({"study": str(study), "runs": [asdict(r) for r in rows]}))
-        else:
-            print(("\n" if i else "") + format_table(study, rows))
+    try:
+        for i, study in enumerate(studies):
+            rows = study_status(study, args.configfile)
+            if args.json:
+                print(json.dumps({"study": str(study), "runs": [asdict(r) for r in rows]}), flush=True)
+            else:
+                print(("\n" if i else "") + format_table(study, rows), flush=True)
+    except BrokenPipeError:  # `gaitsim status | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
