@@ -19,11 +19,15 @@ COMMANDS = {
     "run": "sim.commands.run",
     "bench": "sim.commands.bench",
     "lease": "sim.commands.lease",
+    "status": "sim.commands.status",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sim import __version__
+
     parser = argparse.ArgumentParser(prog="gaitsim", description="Simulator for local learning rules (BP, FA, GP).")
+    parser.add_argument("--version", action="version", version=f"gaitsim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)  # a missing module is an error, not an absent command

@@ -6,7 +6,9 @@ every selected study, every run is
 
     base run config of the experiment (its file, ``{rule}`` filled in, or its inline mapping)
       <- the dataset's workflow-wide settings (``imagenet_path``, ``cifar10``)
-      <- the study's ``set``  <- the experiment's ``set``  <- the sweep point's values  <- the rules  <- the seed
+      <- the study's ``set``  <- the study's ``set_by_rule[rule]``
+      <- the experiment's ``set``  <- the experiment's ``set_by_rule[rule]``
+      <- the sweep point's values  <- the rules  <- the seed
 
 merged key by key (:func:`deep_merge`: mappings merge, everything else replaces), over the product
 experiments x sweep points (x mixing splits) x rules x seeds, named
@@ -25,6 +27,7 @@ Imports neither torch nor the simulator's numerics: the DAG is built in a fracti
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
 import sys
 from collections.abc import Callable, Iterable
@@ -34,7 +37,8 @@ from typing import Any
 
 import yaml
 
-from sim.config.schema import check_schema, read_yaml
+from sim.config.overrides import deep_merge, set_key
+from sim.config.schema import check_schema, load_schema, read_yaml
 from sim.errors import ConfigError
 
 RUN = "results/{study}/{experiment}/rule~{rule}/seed~{seed}"
@@ -67,22 +71,38 @@ class Run:
         return f"{self.folder}/run.zarr"
 
 
-# ----- merging ------------------------------------------------------------------------------------------------------
-def deep_merge(base: dict, changes: dict) -> dict:
-    """``base`` with ``changes`` merged in: mappings merge key by key, everything else replaces."""
-    out = copy.deepcopy(base)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+# ----- merging (sim.config.overrides: the one place for dotted keys, also behind ``run --set``) ----------------
+def rule_names() -> list[str]:
+    """The registered rule names, as the run schema enumerates them (torch-free)."""
+    return list(load_schema()["$defs"]["rule_name"]["enum"])
 
 
-def set_key(doc: dict, dotted: str, value: Any) -> dict:
-    """``doc`` with the dotted key (e.g. ``settings.gp.eta``) set to ``value``."""
-    head, *rest = dotted.split(".")
-    return deep_merge(doc, {head: value} if not rest else {head: set_key({}, ".".join(rest), value)})
+def check_set_by_rule(section: dict, where: str, labels: Iterable[str] | None = None) -> None:
+    """Check the keys of a ``set_by_rule`` section (at ``where``): each a registered rule name or a mixture label
+    ``<below>+<above>`` of two; with ``labels`` (an experiment's rules or mixture label), one of those."""
+    known = rule_names()
+    labels = None if labels is None else list(labels)
+    for key in section:
+        at = f"{where}.set_by_rule.{key}"
+        parts = str(key).split("+")
+        if len(parts) > 2 or any(p not in known for p in parts):
+            hint = _suggest(key, known)
+            raise ConfigError.at(at, f"{key!r} is not a rule name (rules: {', '.join(known)}; a mixture: "
+                                     f"<below>+<above>){hint}")
+        if labels is not None and key not in labels:
+            raise ConfigError.at(at, f"this experiment has no runs of rule {key!r} (its rules: {', '.join(labels)}); "
+                                     "remove the entry or add the rule")
+
+
+def rule_set(section: dict, label: str) -> dict:
+    """The part of a run config that ``section`` (a study or an experiment) sets for runs of rule ``label``: its
+    ``set_by_rule`` entry for that rule (or mixture label), else nothing."""
+    return (section.get("set_by_rule") or {}).get(label) or {}
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    match = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def format_value(value: Any) -> str:
@@ -175,6 +195,7 @@ def expand_study(config: dict, study: str, repo: Path, *, validate: bool = True,
     """Every run of ``study`` (see :func:`expand`)."""
     note = note or (lambda message: print(message, file=sys.stderr))
     spec = config["studies"][study]
+    check_set_by_rule(spec.get("set_by_rule") or {}, f"studies.{study}")
     runs = []
     for name, exp in spec["experiments"].items():
         where = f"studies.{study}.experiments.{name}"
@@ -184,12 +205,14 @@ def expand_study(config: dict, study: str, repo: Path, *, validate: bool = True,
             continue
         mix = exp.get("mix")
         labels = [f"{mix['below']}+{mix['above']}"] if mix else exp["rules"]
+        check_set_by_rule(exp.get("set_by_rule") or {}, where, labels)
         for folders, values in sweep_points(exp):
             experiment = "/".join([name, *folders])
             for label in labels:
                 doc = apply_dataset(load_base(exp["run"], mix["above"] if mix else label, where, repo),
                                     exp.get("dataset"), config)
-                doc = deep_merge(deep_merge(doc, spec.get("set") or {}), exp.get("set") or {})
+                for section in (spec, exp):  # study, then experiment: each its `set`, then its rule's entry
+                    doc = deep_merge(deep_merge(doc, section.get("set") or {}), rule_set(section, label))
                 for param, value in values.items():
                     if param != "split":
                         doc = set_key(doc, _sweep_path(exp, param, label, where), value)

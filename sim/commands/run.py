@@ -4,8 +4,9 @@ The command line of :func:`sim.run.run`, which the workflow's ``run`` job calls 
 
     python -m sim lease -- python -m sim run CONFIG --out STORE --publish --on-diverge {fail,keep} --quiet --log LOG
 
-Science settings come from the config; runtime settings (device, output, log, resume) from the command line. The
-device is ``--device``, else ``GAITSIM_DEVICE`` (set by ``python -m sim lease``), else the config's ``train.device``.
+Science settings come from the config (``--set KEY=VALUE`` changes one key of it, validated as the file is);
+runtime settings (device, output, log, resume) from the command line. The device is ``--device``, else
+``GAITSIM_DEVICE`` (set by ``python -m sim lease``), else the config's ``train.device``.
 For fault injection in tests, ``GAITSIM_FAULT`` (docs/reliability.md) makes a run crash or fail a write at a named
 moment.
 """
@@ -23,6 +24,9 @@ DEVICE_ENV = "GAITSIM_DEVICE"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="run config (YAML), e.g. configs/digits_deep_gp.yaml; see docs/runs.md")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="change one key of the config, e.g. --set train.epochs=3 --set settings.gp.eta=1e-5 (the value "
+                   "is read as YAML; repeatable, a later one wins); checked exactly as the same key in the file")
     p.add_argument("--out", required=True, metavar="STORE",
                    help="zarr store to write, a folder such as results/digits_deep_gp.zarr")
     mode = p.add_mutually_exclusive_group()
@@ -50,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
     from sim.errors import ConfigError
     from sim.run import run
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, overrides=args.overrides)
     device = args.device
     if device is None and os.environ.get(DEVICE_ENV):
         device = os.environ[DEVICE_ENV]

@@ -5,6 +5,7 @@ The package by role:
 * :mod:`sim.config.schema`: the one JSON schema, its error messages (each with its key path) and the one YAML
   reader; imports neither torch nor the simulator, so the workflow's study compiler (:mod:`sim.study`) uses it.
 * :mod:`sim.config.sections`: the nested frozen dataclasses (:class:`RunConfig` and its sections).
+* :mod:`sim.config.overrides`: dotted keys (``set_key``, ``deep_merge``, ``--set KEY=VALUE``), torch-free.
 * :mod:`sim.config.load`: :func:`load_config` / :func:`validate_config`: schema first, then the semantic checks.
 * :mod:`sim.config.build`: :func:`build_network` / :func:`build_scheduler`.
 
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sim.config.build import build_network, build_scheduler
     from sim.config.load import load_config, validate_config
+    from sim.config.overrides import apply_overrides, deep_merge, parse_assignment, set_key
     from sim.config.schema import (
         MAX_DEPTH,
         MAX_NODES,
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 _WHERE = {
     **dict.fromkeys(["build_network", "build_scheduler"], "build"),
     **dict.fromkeys(["load_config", "validate_config"], "load"),
+    **dict.fromkeys(["apply_overrides", "deep_merge", "parse_assignment", "set_key"], "overrides"),
     **dict.fromkeys(["MAX_DEPTH", "MAX_NODES", "SCHEMA_RESOURCE", "_key_path", "_Loader", "check_schema",
                      "load_schema", "read_yaml", "schema_errors", "schema_problems"], "schema"),
     **dict.fromkeys(["DataSection", "NetworkSection", "RecordSection", "RunConfig", "TrainSection"], "sections"),
@@ -45,8 +48,8 @@ _WHERE = {
 
 __all__ = [
     "MAX_DEPTH", "MAX_NODES", "SCHEMA_RESOURCE", "DataSection", "NetworkSection", "RecordSection", "RunConfig",
-    "TrainSection", "build_network", "build_scheduler", "check_schema", "load_config", "load_schema", "read_yaml",
-    "schema_errors", "schema_problems", "validate_config",
+    "TrainSection", "apply_overrides", "build_network", "build_scheduler", "check_schema", "deep_merge", "load_config",
+    "load_schema", "parse_assignment", "read_yaml", "schema_errors", "schema_problems", "set_key", "validate_config",
 ]
 
 

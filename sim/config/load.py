@@ -15,11 +15,13 @@ e.g. ``settings.gp.lr: -1 is less than or equal to the minimum of 0``.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
 
+from sim.config.overrides import apply_overrides
 from sim.config.schema import check_schema, read_yaml, with_integers
 from sim.config.sections import DataSection, NetworkSection, RecordSection, RunConfig, TrainSection
 from sim.errors import ConfigError, GaitsimError, ShapeError
@@ -30,12 +32,15 @@ from sim.schedule import NoiseFloor
 from sim.step_options import StepOptions
 
 
-def load_config(source: str | Path | dict, *, name: str | None = None) -> RunConfig:
+def load_config(source: str | Path | dict, *, name: str | None = None, overrides: Iterable[str] = ()
+                ) -> RunConfig:
     """Read (YAML path) or take (dict) a run config, validate it and resolve every default.
 
     Args:
         source: path of a YAML file, or a dict (e.g. one section of a Snakemake config; it is not modified).
         name: the run name when the config gives none (default: the file's stem, or 'run').
+        overrides: ``KEY=VALUE`` changes (``python -m sim run --set``, :func:`sim.config.overrides.apply_overrides`),
+            applied before validation, so their problems read exactly as the same keys in the file would.
 
     Raises:
         ConfigError: naming the key path of every problem the schema finds, or of the first semantic problem.
@@ -49,6 +54,7 @@ def load_config(source: str | Path | dict, *, name: str | None = None) -> RunCon
     if not isinstance(doc, dict):
         raise ConfigError(f"{where}: a run config must be a mapping of keys (network, rules, data, train, ...), "
                           f"got {type(doc).__name__}")
+    doc = apply_overrides(doc, overrides)
     doc.setdefault("name", name or stem)
     return validate_config(doc, source=where)
 

@@ -73,7 +73,7 @@ def train(cfg: RunConfig, out: Path, checkpoint: ckpt_io.Checkpoint | None, arch
             raise ArchiveError(f"{out} holds layers {archive.layers}, the network has {net.names}")
         run = RunState(cfg, out, net, sched, data, Recorder(archive, net, data.probe, n, cfg.train.step.checks))
         recovery.restore(run, checkpoint)
-        run.rec.commit(device=str(net.device))
+        run.rec.commit(device=str(net.device), **provenance.writer_attrs())  # gaitsim status: who writes now
         epochs_done, batches_done = checkpoint.epochs_done, checkpoint.batches_done
         log.info(f"resuming {out} at step {checkpoint.step} (epoch {epochs_done + 1}, batch {batches_done}) on "
                  f"{net.device}")

@@ -1,13 +1,18 @@
 """Provenance of a run: what goes into a new store's attributes besides its config (docs/runs.md, "Archive").
 
-The git commit of the package source, the versions of the package, torch, numpy and Python, the device and dtype, and
-the start and end times (UTC, ISO 8601, seconds), so that a store says which code on which machine wrote it.
+The git commit of the package source, the versions of the package, torch, numpy and Python, the config's hash
+(``config_sha256``: SHA-256 of the canonical config JSON, the ``config`` attribute), the device and dtype, and the
+start and end times (UTC, ISO 8601, seconds), so that a store says which code on which machine wrote it. The process
+writing the store (``writer_pid`` on ``writer_host``, renewed on resume) lets ``gaitsim status`` tell a running run
+from one whose writer is gone, without taking any lock.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
+import socket
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,12 +49,23 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def start_attrs(cfg: RunConfig, device: torch.device) -> dict[str, str]:
-    """The attributes of a new run store: config, versions, git commit, device, dtype, start time (end time empty
-    until the run completes)."""
+def config_hash(config_json: str) -> str:
+    """SHA-256 (hex) of a config's canonical JSON (:meth:`RunConfig.to_json`, sorted keys)."""
+    return hashlib.sha256(config_json.encode("utf-8")).hexdigest()
+
+
+def writer_attrs() -> dict[str, object]:
+    """The process now writing the store: ``writer_pid`` and ``writer_host`` (read by ``gaitsim status``)."""
+    return {"writer_pid": os.getpid(), "writer_host": socket.gethostname()}
+
+
+def start_attrs(cfg: RunConfig, device: torch.device) -> dict[str, object]:
+    """The attributes of a new run store: config and its hash, versions, git commit, device, dtype, the writing
+    process, start time (end time empty until the run completes)."""
+    config = cfg.to_json()
     return {
-        "name": cfg.name, "config": cfg.to_json(), "gaitsim_version": sim.__version__,
+        "name": cfg.name, "config": config, "config_sha256": config_hash(config), "gaitsim_version": sim.__version__,
         "git_commit": git_commit(), "torch_version": torch.__version__, "numpy_version": np.__version__,
         "python_version": platform.python_version(), "device": str(device), "dtype": cfg.train.dtype,
-        "start_time": now(), "end_time": "",
+        **writer_attrs(), "start_time": now(), "end_time": "",
     }
