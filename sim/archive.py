@@ -34,6 +34,7 @@ Every ``OSError`` (full disk, read-only folder) becomes an :class:`ArchiveError`
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -488,7 +489,14 @@ def remove_store(path: Path | str) -> None:
             path.unlink()
             return
         trash = path.with_name(f"{_trash_name(path)}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        os.replace(path, trash)
+        try:
+            os.replace(path, trash)
+        except OSError as exc:
+            if exc.errno not in (errno.EBUSY, errno.EINVAL, errno.EXDEV):
+                raise
+            raise ArchiveError(f"cannot replace the run store {path}: it cannot be renamed aside for deletion "
+                               f"({exc.strerror}: it is a mount point or the current folder); remove its contents "
+                               "yourself, or choose another output path") from None
         faults.hit("archive.remove")
         shutil.rmtree(trash)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from sim.config import RunConfig, load_config
 from sim.errors import ConfigError, NonFiniteError, SingularLayerError
-from sim.run import loop, recovery, store
+from sim.run import lock, loop, recovery, store
 from sim.run.log import default_log_path, log, logging_to
 
 __all__ = ["ON_DIVERGE", "default_log_path", "run"]
@@ -71,7 +71,14 @@ def run(cfg: RunConfig | dict | str | Path, out: str | Path, *, resume: bool = F
     if on_diverge not in ON_DIVERGE:
         raise ConfigError(f"on_diverge must be one of {', '.join(ON_DIVERGE)}, got {on_diverge!r}")
     cfg.data.spec()  # e.g. data.path still null: refuse before anything is built
-    out = Path(out)
+    out = store.output_path(out)
+    with lock.hold(out):  # one writer per store, for the run's whole life (publishing included)
+        return _run_locked(cfg, out, resume=resume, overwrite=overwrite, progress=progress, log_file=log_file,
+                           publish=publish, on_diverge=on_diverge)
+
+
+def _run_locked(cfg: RunConfig, out: Path, *, resume: bool, overwrite: bool, progress: bool,
+                log_file: str | Path | None, publish: bool, on_diverge: str) -> Path:
     plan = store.plan(cfg, out, resume=resume, overwrite=overwrite, publish=publish)
     if plan.done and plan.path == out:
         if progress:
