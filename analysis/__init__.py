@@ -13,11 +13,19 @@ The workflow's figure and table rules call these functions (workflow/scripts/); 
 from __future__ import annotations
 
 from analysis.figures import FIGURES, accuracy, angle_per_layer, angle_per_step, applicable, mixing, noise_map, save
-from analysis.load import IncompleteStoreError, find_stores, load_study, open_run, parse_store_path
+from analysis.load import (
+    DamagedStoreError,
+    DamagedStoreWarning,
+    IncompleteStoreError,
+    find_stores,
+    load_study,
+    open_run,
+    parse_store_path,
+)
 from analysis.table import results_table, to_markdown, write
 
 __all__ = [
-    "FIGURES", "IncompleteStoreError", "accuracy", "angle_per_layer", "angle_per_step", "applicable", "find_stores",
-    "load_study", "mixing", "noise_map", "open_run", "parse_store_path", "results_table", "save", "to_markdown",
-    "write",
+    "FIGURES", "DamagedStoreError", "DamagedStoreWarning", "IncompleteStoreError", "accuracy", "angle_per_layer",
+    "angle_per_step", "applicable", "find_stores", "load_study", "mixing", "noise_map", "open_run",
+    "parse_store_path", "results_table", "save", "to_markdown", "write",
 ]

@@ -5,9 +5,10 @@ The workflow writes one zarr store per run at ``results/<study>/<experiment>/rul
 ``results/noise/deep/message_std~0.01/eta~1e-05/rule~gp/seed~0/run.zarr``. :func:`load_study` parses those path
 parts, opens every store with :func:`sim.archive.open_run` (``xarray.open_zarr``; docs/runs.md: the archive
 contract), refuses stores whose ``complete`` attribute is not true (a crashed or killed run leaves a readable prefix
-that must not pass as a result), and outer-joins them: runs with fewer steps or epochs are padded with NaN. A store
-the workflow published as *diverged* (its run stopped at a NaN/Inf: a final outcome of a sweep, attribute
-``diverged``) is kept and flagged.
+that must not pass as a result), checks each against the checksums its run wrote (a damaged store is named with its
+damaged chunks and arrays and left out, never read as zarr's fill values), and outer-joins them: runs with fewer
+steps or epochs are padded with NaN. A store the workflow published as *diverged* (its run stopped at a NaN/Inf: a
+final outcome of a sweep, attribute ``diverged``) is kept and flagged.
 
     ds = load_study("results/quick")
     ds.angle.sel(experiment="deep", rule="gp").mean("seed")      # (step, layer)
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from sim.archive import open_run
+from sim.archive import DamagedStoreError, open_run, read_attrs
 
 #: archive variables a study keeps (per-step, per-epoch and per-layer records; not the probe activities)
 VARIABLES = ("angle", "loss", "train_top1", "train_top5", "test_top1", "test_top5", "train_loss", "test_loss",
@@ -48,6 +49,10 @@ STORE_NAME = "run.zarr"
 
 class IncompleteStoreError(ValueError):
     """A run store whose ``complete`` attribute is not true (still running, crashed or killed)."""
+
+
+class DamagedStoreWarning(UserWarning):
+    """A damaged run store was left out of a study (:func:`load_study` with ``on_damaged='skip'``)."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,10 @@ def parse_store_path(path: str | Path) -> RunPath:
                    rule=_kv(parts[i])[1], seed=int(seed_part[1]), params=dict(reversed(list(params.items()))))
 
 
+__all__ = ["DamagedStoreError", "DamagedStoreWarning", "IncompleteStoreError", "RunPath", "find_stores",
+           "load_study", "open_run", "parse_store_path", "parse_value"]
+
+
 def find_stores(root: str | Path) -> list[Path]:
     """Every ``run.zarr`` below ``root`` (a study folder) that sits in a ``rule~.../seed~...`` folder, sorted."""
     root = Path(root)
@@ -125,24 +134,31 @@ def _rule_key(name: str) -> tuple:
     return (RULE_ORDER.index(name), "") if name in RULE_ORDER else (len(RULE_ORDER), name)
 
 
-def _run_dataset(run: RunPath, on_incomplete: str, on_diverged: str) -> xr.Dataset | None:
-    ds = open_run(run.path)
-    diverged = ds.attrs.get("diverged")
-    if diverged and ds.attrs.get("complete") is not True and on_diverged == "raise":
+def _run_dataset(run: RunPath, on_incomplete: str, on_diverged: str, verify: bool) -> xr.Dataset | None:
+    attrs = read_attrs(run.path) or {}  # the attributes first: an incomplete store is refused without a read
+    diverged = attrs.get("diverged")
+    if diverged and attrs.get("complete") is not True and on_diverged == "raise":
         raise IncompleteStoreError(f"{run.path}: the run diverged ({diverged})")
-    if ds.attrs.get("complete") is not True and not diverged:
-        msg = (f"{run.path}: the run store is not complete (attribute complete = {ds.attrs.get('complete')!r}); "
+    if attrs.get("complete") is not True and not diverged:
+        msg = (f"{run.path}: the run store is not complete (attribute complete = {attrs.get('complete')!r}); "
                "it is still running, or it crashed or was killed. Rerun its job (snakemake reruns it) or delete it.")
         if on_incomplete == "skip":
             warnings.warn(msg, stacklevel=3)
             return None
         raise IncompleteStoreError(msg)
-    keep = [v for v in VARIABLES if v in ds.data_vars]
-    out = ds[keep].reset_coords(drop=False)
-    extra = [c for c in ("rule", "square", "step_epoch") if c in out.variables]
-    out = out.rename({c: f"layer_{c}" if c != "step_epoch" else c for c in extra})
-    drop = [c for c in out.coords if c not in ("step", "epoch", "layer")]
-    out = out.drop_vars(drop).load()
+    try:
+        ds = open_run(run.path, verify=verify)
+        keep = [v for v in VARIABLES if v in ds.data_vars]
+        out = ds[keep].reset_coords(drop=False)
+        extra = [c for c in ("rule", "square", "step_epoch") if c in out.variables]
+        out = out.rename({c: f"layer_{c}" if c != "step_epoch" else c for c in extra})
+        drop = [c for c in out.coords if c not in ("step", "epoch", "layer")]
+        out = out.drop_vars(drop).load()
+    except DamagedStoreError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a torn chunk fails in the codec (zstd, blosc, ...), whichever it is
+        raise DamagedStoreError(run.path, [f"{run.path}: a chunk cannot be decoded ({type(exc).__name__}: "
+                                           f"{exc})"]) from None
     config = ds.attrs.get("config", "{}")
     out["config"] = xr.DataArray(config)
     out["diverged"] = xr.DataArray(1.0 if diverged and ds.attrs.get("complete") is not True else 0.0,
@@ -163,7 +179,7 @@ def _data_kind(config_json: str) -> str:
 
 
 def load_study(source: str | Path | Sequence[str | Path], *, on_incomplete: str = "raise",
-               on_diverged: str = "keep") -> xr.Dataset:
+               on_diverged: str = "keep", on_damaged: str = "skip", verify: bool = True) -> xr.Dataset:
     """Open every run store of one study into one Dataset with ``experiment``, ``rule`` and ``seed`` dims.
 
     Args:
@@ -173,9 +189,15 @@ def load_study(source: str | Path | Sequence[str | Path], *, on_incomplete: str 
         on_diverged: 'keep' (default): a store the workflow published as diverged (attribute ``diverged``: the run
             stopped at a NaN/Inf or a singular layer, a final outcome of a study with ``on_diverge: keep``) is loaded
             with what it recorded up to then, and flagged in the variable ``diverged``; 'raise': refuse it.
+        on_damaged: 'skip' (default): a store whose rows do not match the checksums the run wrote (a chunk missing,
+            undecodable or changed) is left out with a warning naming it and each damaged chunk and array, and
+            listed in the attribute ``damaged``; the rest of the study loads. 'raise': a :class:`DamagedStoreError`.
+        verify: check every store against its checksums before reading it (default; one read of each store).
+            ``False`` skips the check for speed: a missing chunk then reads as NaN (zarr's fill value).
 
     Raises:
         IncompleteStoreError: a store's ``complete`` attribute is not true (with ``on_incomplete='raise'``).
+        DamagedStoreError: a store is damaged (with ``on_damaged='raise'``).
         ValueError: no stores, a path that does not parse, stores of several studies, or one run given twice.
     """
     if on_incomplete not in ("raise", "skip"):
@@ -195,15 +217,29 @@ def load_study(source: str | Path | Sequence[str | Path], *, on_incomplete: str 
         if key in seen:
             raise ValueError(f"run {key} given twice: {seen[key]} and {r.path}")
         seen[key] = r.path
-    parts = [d for d in (_run_dataset(r, on_incomplete, on_diverged) for r in runs) if d is not None]
+    if on_damaged not in ("skip", "raise"):
+        raise ValueError("on_damaged must be 'skip' or 'raise'")
+    parts, damaged = [], []
+    for r in runs:
+        try:
+            part = _run_dataset(r, on_incomplete, on_diverged, verify)
+        except DamagedStoreError as exc:
+            if on_damaged == "raise":
+                raise
+            warnings.warn(f"{exc} Left out of the study.", DamagedStoreWarning, stacklevel=2)
+            damaged.append(str(r.path))
+            continue
+        if part is not None:
+            parts.append(part)
     if not parts:
-        raise ValueError(f"no complete run stores in {source}")
+        raise ValueError(f"no complete, intact run stores in {source}" + (f" (damaged: {', '.join(damaged)})"
+                                                                            if damaged else ""))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         ds = xr.merge(parts, join="outer", compat="no_conflicts", combine_attrs="drop_conflicts")
     ds = _canonical_order(ds)
     ds = _experiment_coords(ds, [r for r in runs])
-    ds.attrs = {"study": studies[0]}
+    ds.attrs = {"study": studies[0], **({"damaged": damaged} if damaged else {})}
     return ds
 
 

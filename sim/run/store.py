@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sim import checkpoint as ckpt_io
-from sim.archive import ArchiveError, LayerInfo, RunArchive, io_errors, read_attrs, remove_store
+from sim.archive import DIGESTS_ATTR, ArchiveError, LayerInfo, RunArchive, io_errors, read_attrs, remove_store
 from sim.config import RunConfig
 from sim.errors import ConfigError
 from sim.network import Network
@@ -158,16 +158,24 @@ def plan(cfg: RunConfig, out: Path, *, resume: bool, overwrite: bool, publish: b
 
 
 def check_complete(path: Path) -> None:
-    """Check a complete store's rows against its newest intact checkpoint; raise ArchiveError naming damage."""
+    """Check a complete store's rows against the digests of its last commit (or, for a store written before those
+    were kept, its newest intact checkpoint's); raise ArchiveError naming the damage. Completeness is claimed only
+    for a store that verifies."""
     archive = RunArchive.open(path)
-    for cand in ckpt_io.candidates(path):
-        if cand.checkpoint is not None:
-            damaged = archive.verify(cand.checkpoint.lengths, cand.checkpoint.digests)
-            if damaged:
-                lines = "\n".join(f"  - {d}" for d in damaged)
-                raise ArchiveError(f"{path} is marked complete but its archive is damaged:\n{lines}\nRun it again "
-                                   "with --overwrite (or restore the store from a backup).")
-            return
+    digests = archive.attrs.get(DIGESTS_ATTR)
+    lengths = archive.lengths
+    if not isinstance(digests, dict):
+        checkpoint = next((c.checkpoint for c in ckpt_io.candidates(path) if c.checkpoint is not None), None)
+        if checkpoint is None:
+            raise ArchiveError(f"{path} is marked complete but it cannot be verified (it keeps no checksums and no "
+                               "intact checkpoint); run it again with --overwrite, or read it with "
+                               "open_run(..., verify=False) at your own risk")
+        digests, lengths = checkpoint.digests, checkpoint.lengths
+    damaged = archive.verify(lengths, digests)
+    if damaged:
+        lines = "\n".join(f"  - {d}" for d in damaged)
+        raise ArchiveError(f"{path} is marked complete but its archive is damaged:\n{lines}\nRun it again "
+                           "with --overwrite (or restore the store from a backup).")
 
 
 def create(path: Path, cfg: RunConfig, net: Network, *, steps_per_epoch: int, probe_labels, resume: bool
