@@ -31,7 +31,7 @@ from pathlib import Path
 
 from sim.config import RunConfig, load_config
 from sim.errors import ConfigError, NonFiniteError, SingularLayerError
-from sim.run import lock, loop, recovery, store
+from sim.run import lock, loop, store
 from sim.run.log import default_log_path, log, logging_to
 
 __all__ = ["ON_DIVERGE", "default_log_path", "run"]
@@ -88,9 +88,8 @@ def _run_locked(cfg: RunConfig, out: Path, *, resume: bool, overwrite: bool, pro
     with logging_to(Path(log_file) if log_file else default_log_path(out), append=plan.append_log,
                     to_stderr=progress):
         if not plan.done:
-            checkpoint, archive = recovery.resume_point(cfg, plan.path) if plan.continuing else (None, None)
             try:
-                loop.train(cfg, plan.path, checkpoint, archive, progress=progress, resume=plan.continuing,
+                loop.train(cfg, plan.path, progress=progress, resume=plan.continuing,
                            keep_diverged=on_diverge == "keep")
             except (NonFiniteError, SingularLayerError) as exc:
                 if on_diverge != "keep":
