@@ -23,6 +23,7 @@ that holds anything else (e.g. a pickle that would run code) is refused, not exe
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -165,6 +166,23 @@ def _read_manifest(folder: Path) -> list[dict[str, Any]] | None:
     return entries
 
 
+def _save_error(folder: Path, exc: RuntimeError) -> OSError:
+    """The ``OSError`` behind a ``RuntimeError`` of ``torch.save``: its zip writer reports a write that failed
+    (a full disk, typically) as 'unexpected pos', not as the ``OSError`` it was. Told apart by the free space left."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, OSError):
+        return cause
+    try:
+        st = os.statvfs(folder)
+        full = st.f_bavail * st.f_frsize < (1 << 20)
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, "No space left on device")
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return OSError(errno.EIO, f"torch.save failed to write the file ({first})")
+
+
 def _write_atomic(path: Path, write) -> None:
     """Write a file through ``write(f)`` to a temp file beside ``path``, fsync it, rename it over ``path``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -198,8 +216,11 @@ def save(store: Path | str, ckpt: Checkpoint) -> Path:
         fd, tmp = tempfile.mkstemp(prefix=f".{FILENAME}.", suffix=".tmp", dir=folder)
         try:
             with os.fdopen(fd, "wb") as f:
-                torch.save(ckpt.to_state(), f)
-                f.flush()
+                try:
+                    torch.save(ckpt.to_state(), f)
+                    f.flush()
+                except RuntimeError as exc:  # a failed write inside torch's zip writer ('unexpected pos ...')
+                    raise _save_error(folder, exc) from exc
                 faults.hit("checkpoint.write")
                 os.fsync(f.fileno())
             entry = {"sha256": _sha256(Path(tmp)), "step": ckpt.step, "epochs_done": ckpt.epochs_done,

@@ -59,8 +59,8 @@ def hold(out: Path | str) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as exc:
-        raise ArchiveError(f"cannot create the lock file {path} of the run store {out}: {exc.strerror or exc}; "
-                           "check that the folder is writable") from exc
+        raise ArchiveError(f"cannot create the run store {out}: its lock file {path} cannot be created "
+                           f"({exc.strerror or exc}); check that the folder is writable") from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
