@@ -62,6 +62,21 @@ def test_two_fresh_runs_at_once_one_is_refused_the_other_is_intact(tmp_path, tin
     assert archive_differences(lone, out) == []
 
 
+def test_two_resumes_of_a_killed_run_at_once_one_is_refused(tmp_path, tiny_config):
+    cfg = _config(tmp_path, tiny_config)
+    lone = tmp_path / "lone.zarr"
+    assert run_cli(["run", cfg, "--out", str(lone), "--quiet"]) == 0
+    out = tmp_path / "run.zarr"
+    assert run_cli(["run", cfg, "--out", str(out), "--quiet"], fault="train.epoch:2") == -signal.SIGKILL
+    argv = ["run", cfg, "--out", str(out), "--resume", "--quiet"]
+    procs = [_start(argv, tmp_path / f"out{i}.txt") for i in range(2)]
+    for p in procs:
+        p.join(300)
+    assert sorted(p.exitcode for p in procs) == [0, 2]
+    assert "in use" in "".join((tmp_path / f"out{i}.txt").read_text() for i in range(2))
+    assert archive_differences(lone, out) == []
+
+
 @pytest.mark.parametrize("flag", ["--resume", "--overwrite"])
 def test_second_writer_is_refused_while_a_run_trains(tmp_path, tiny_config, flag):
     cfg = _config(tmp_path, tiny_config, train={"epochs": 400})
