@@ -24,7 +24,10 @@ never leaves a torn chunk either (a kill leaves at most a ``*.partial`` temp fil
 
 **Checking what is kept.** Every block of rows is hashed (SHA-256 of its bytes) as it is written; the checkpoint
 stores these :attr:`RunArchive.digests`, and on resume :meth:`verify` re-reads the rows the checkpoint keeps and
-names every chunk file whose rows are missing, undecodable or changed (docs/reliability.md). A store is deleted by
+names every chunk file whose rows are missing, undecodable or changed (docs/reliability.md). Every commit also writes
+the digests of the committed rows into the root attribute :data:`DIGESTS_ATTR`, so readers verify a store without
+its checkpoints: :func:`open_run` does by default (:func:`verify_store`; :class:`DamagedStoreError` names each damaged
+chunk and array), and a damaged store is never read as zarr's fill values. A store is deleted by
 renaming it out of the way first (:func:`remove_store`), so no moment of a deletion leaves a half-deleted store that
 still reads as a run.
 

@@ -6,6 +6,7 @@
 
 One module per concern:
 
+- :mod:`sim.run.lock`: one writer per store (an ``flock`` beside it, released by the OS when the process ends);
 - :mod:`sim.run.store`: what to do with what is at the output path (fresh, resume, overwrite, complete), the
   ``STORE.partial`` working store and :func:`~sim.run.store.publish`, the same-config check;
 - :mod:`sim.run.loop`: the epoch loop, top to bottom;
@@ -13,6 +14,9 @@ One module per concern:
 - :mod:`sim.run.recovery`: a failed step (stop or retry) and the resume point of a killed run;
 - :mod:`sim.run.data`: the data, checked against the network; :mod:`sim.run.provenance`: commit, versions, times;
   :mod:`sim.run.log`: the log file and the progress-friendly stderr handler (logger ``sim.run``).
+
+One writer per store: a run holds an exclusive OS lock on its store (:mod:`sim.run.lock`) from before it looks at
+the output path until it returns, after publishing; a second writer is refused at once, naming the holder.
 
 Failure modes (docs/reliability.md): anything a config can get wrong is refused before the network or data are
 touched (ConfigError); a NaN/Inf (or a singular GP layer) stops the run after the archive prefix and a checkpoint of
