@@ -24,12 +24,21 @@ from analysis.figures import (
     noise_map,
     panels,
 )
-from analysis.load import IncompleteStoreError, find_stores, load_study, open_run, parse_store_path, sweep_dims
+from analysis.load import (
+    DamagedStoreError,
+    DamagedStoreWarning,
+    IncompleteStoreError,
+    find_stores,
+    load_study,
+    open_run,
+    parse_store_path,
+    sweep_dims,
+)
 from analysis.style import rule_color, rule_style, save
 from analysis.table import results_table, to_markdown, write
 
 __all__ = [
-    "FIGURES", "IncompleteStoreError", "accuracy", "angle_per_layer", "angle_per_step", "applicable", "find_stores",
-    "load_study", "mixing", "noise_map", "open_run", "panels", "parse_store_path", "results_table", "rule_color",
-    "rule_style", "save", "sweep_dims", "to_markdown", "write",
+    "FIGURES", "DamagedStoreError", "DamagedStoreWarning", "IncompleteStoreError", "accuracy", "angle_per_layer",
+    "angle_per_step", "applicable", "find_stores", "load_study", "mixing", "noise_map", "open_run", "panels",
+    "parse_store_path", "results_table", "rule_color", "rule_style", "save", "sweep_dims", "to_markdown", "write",
 ]

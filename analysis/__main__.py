@@ -33,20 +33,31 @@ def main(argv: list[str] | None = None) -> int:
                    help="also draw the runs still being written (run.zarr.partial), marked unfinished")
     p.add_argument("--skip-incomplete", action="store_true",
                    help="leave out stores that are not complete (default: refuse them)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="do not check the stores against the checksums their runs wrote (faster; a damaged store is "
+                   "then read as it is). By default a damaged store is named and left out")
     args = p.parse_args(argv)
 
     import matplotlib
 
     matplotlib.use("Agg")
-    from analysis import applicable, load_study, save, write
+    from analysis import DamagedStoreWarning, applicable, load_study, save, write
 
     out = args.out or (args.study / "partial" if args.partial else args.study)
+    import warnings
+
+    from sim.errors import GaitsimError
+
     try:
-        ds = load_study(args.study, on_incomplete="skip" if args.skip_incomplete else "raise",
-                        include_partial=args.partial, description=args.description)
-    except (ValueError, FileNotFoundError) as exc:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DamagedStoreWarning)
+            ds = load_study(args.study, on_incomplete="skip" if args.skip_incomplete else "raise",
+                            include_partial=args.partial, description=args.description, verify=not args.no_verify)
+    except (ValueError, FileNotFoundError, GaitsimError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for w in caught:  # damaged (and, with --skip-incomplete, incomplete) stores left out: one warning each
+        print(f"warning: {w.message}", file=sys.stderr)
     if args.partial:
         unfinished = int((ds.unfinished.fillna(0) > 0).sum())
         print(f"{unfinished} of {int(ds.diverged.notnull().sum())} runs loaded are unfinished")

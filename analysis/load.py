@@ -3,11 +3,12 @@
 The workflow writes one zarr store per run at ``results/<study>/<experiment>/rule~<rule>/seed~<seed>/run.zarr``
 (docs/workflow.md); a sweep point adds its parameters as ``key~value`` folders, e.g.
 ``results/noise/digits_deep/message_std~0.01/eta~1e-05/rule~gp/seed~0/run.zarr``. :func:`load_study` parses those
-path parts, opens every store with :func:`sim.archive.open_run` (docs/runs.md: the archive contract) and outer-joins
-them into one Dataset with dims ``experiment`` (the experiment's name), one dim per sweep parameter (in path order,
-values sorted, numbers where they parse), ``rule`` and ``seed``, then the archive's ``step``, ``layer`` and
-``epoch``; runs with fewer steps or epochs, and points of the grid that have no run, are NaN. So a sweep is selected
-by value:
+path parts, opens every store with :func:`sim.archive.open_run` (docs/runs.md: the archive contract), checks each
+finished one against the checksums its run wrote (a damaged store is named with its damaged chunks and arrays and
+left out, never read as zarr's fill values) and outer-joins them into one Dataset with dims ``experiment`` (the
+experiment's name), one dim per sweep parameter (in path order, values sorted, numbers where they parse), ``rule``
+and ``seed``, then the archive's ``step``, ``layer`` and ``epoch``; runs with fewer steps or epochs, and points of
+the grid that have no run, are NaN. So a sweep is selected by value:
 
     ds = load_study("results/noise")
     ds.angle.sel(eta=1e-5, message_std=0.0)                       # (experiment, rule, seed, step, layer)
@@ -54,7 +55,7 @@ import numpy as np
 import xarray as xr
 
 from analysis.style import rule_key
-from sim.archive import open_run
+from sim.archive import DamagedStoreError, open_run, read_attrs
 
 #: archive variables a study keeps (per-step, per-epoch and per-layer records; not the probe activities)
 VARIABLES = ("angle", "loss", "train_top1", "train_top5", "test_top1", "test_top5", "train_loss", "test_loss",
@@ -91,6 +92,10 @@ ATTRS: dict[str, dict[str, str]] = {
 
 class IncompleteStoreError(ValueError):
     """A run store whose ``complete`` attribute is not true (still running, crashed or killed)."""
+
+
+class DamagedStoreWarning(UserWarning):
+    """A damaged run store was left out of a study (:func:`load_study` with ``on_damaged='skip'``)."""
 
 
 @dataclass(frozen=True)
@@ -187,33 +192,43 @@ def _config(text: str) -> dict:
 
 
 def _run_dataset(run: RunPath, labels: dict[str, Any], on_incomplete: str, on_diverged: str,
-                 include_partial: bool) -> xr.Dataset | None:
-    try:
-        ds = open_run(run.path)
-    except Exception as exc:  # noqa: BLE001 - a store still being created can fail in many ways
-        if not include_partial or run.path.name == STORE_NAME:
-            raise
-        warnings.warn(f"{run.path}: left out, not readable yet ({type(exc).__name__}: {exc})", stacklevel=3)
+                 include_partial: bool, verify: bool) -> xr.Dataset | None:
+    attrs = read_attrs(run.path)  # the attributes first: an incomplete store is refused without reading its arrays
+    if attrs is None and include_partial and run.path.name != STORE_NAME:
+        warnings.warn(f"{run.path}: left out, not readable yet (no zarr.json)", stacklevel=3)
         return None
-    complete = ds.attrs.get("complete") is True
-    diverged = bool(ds.attrs.get("diverged")) and not complete
+    attrs = attrs or {}
+    complete = attrs.get("complete") is True
+    diverged = bool(attrs.get("diverged")) and not complete
     if diverged and on_diverged == "raise":
-        raise IncompleteStoreError(f"{run.path}: the run diverged ({ds.attrs['diverged']})")
+        raise IncompleteStoreError(f"{run.path}: the run diverged ({attrs['diverged']})")
     unfinished = not complete and not diverged
     if unfinished and not include_partial:
-        msg = (f"{run.path}: the run store is not complete (attribute complete = {ds.attrs.get('complete')!r}); "
+        msg = (f"{run.path}: the run store is not complete (attribute complete = {attrs.get('complete')!r}); "
                "it is still running, or it crashed or was killed. Rerun its job (snakemake reruns it) or delete it "
                "(load_study(..., include_partial=True) shows what it recorded so far, marked unfinished).")
         if on_incomplete == "skip":
             warnings.warn(msg, stacklevel=3)
             return None
         raise IncompleteStoreError(msg)
-    keep = [v for v in VARIABLES if v in ds.data_vars]
-    out = ds[keep].reset_coords(drop=False)
-    extra = [c for c in ("rule", "square", "step_epoch") if c in out.variables]
-    out = out.rename({c: f"layer_{c}" if c != "step_epoch" else c for c in extra})
-    drop = [c for c in out.coords if c not in ("step", "epoch", "layer")]
-    out = out.drop_vars(drop).load()
+    try:
+        # A run still being written is not checked against its checksums (its writer may be between two commits);
+        # it is marked unfinished and never passes for a result.
+        ds = open_run(run.path, verify=verify and not unfinished)
+        keep = [v for v in VARIABLES if v in ds.data_vars]
+        out = ds[keep].reset_coords(drop=False)
+        extra = [c for c in ("rule", "square", "step_epoch") if c in out.variables]
+        out = out.rename({c: f"layer_{c}" if c != "step_epoch" else c for c in extra})
+        drop = [c for c in out.coords if c not in ("step", "epoch", "layer")]
+        out = out.drop_vars(drop).load()
+    except DamagedStoreError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a torn chunk fails in the codec (zstd, blosc, ...), whichever it is
+        if unfinished:
+            warnings.warn(f"{run.path}: left out, not readable yet ({type(exc).__name__}: {exc})", stacklevel=3)
+            return None
+        raise DamagedStoreError(run.path, [f"{run.path}: a chunk cannot be decoded ({type(exc).__name__}: "
+                                           f"{exc})"]) from None
     config = ds.attrs.get("config", "{}")
     epochs = _config(config).get("train", {}).get("epochs")
     out["config"] = xr.DataArray(config)
@@ -251,8 +266,8 @@ def _labels(run: RunPath, kinds: dict[str, bool]) -> dict[str, Any]:
 
 
 def load_study(source: str | Path | Sequence[str | Path], *, on_incomplete: str = "raise",
-               on_diverged: str = "keep", include_partial: bool = False, description: str | None = None
-               ) -> xr.Dataset:
+               on_diverged: str = "keep", include_partial: bool = False, description: str | None = None,
+               on_damaged: str = "skip", verify: bool = True) -> xr.Dataset:
     """Open every run store of one study into one Dataset (module docstring: dims, coordinates, variables).
 
     Args:
@@ -266,16 +281,24 @@ def load_study(source: str | Path | Sequence[str | Path], *, on_incomplete: str 
             incomplete stores) with what they recorded so far, flagged in the variable ``unfinished`` (the figures
             draw them dotted, labelled with their progress). Default False: finished runs only.
         description: what the study asks (the workflow config's ``studies.<study>.description``): ``attrs``.
+        on_damaged: 'skip' (default): a store whose rows do not match the checksums the run wrote (a chunk missing,
+            undecodable or changed) is left out with a warning naming it and each damaged chunk and array, and
+            listed in the attribute ``damaged``; the rest of the study loads. 'raise': a :class:`DamagedStoreError`.
+        verify: check every finished store against its checksums before reading it (default; one read of each
+            store). ``False`` skips the check for speed: a missing chunk then reads as NaN (zarr's fill value).
 
     Raises:
         IncompleteStoreError: a store's ``complete`` attribute is not true (with ``on_incomplete='raise'`` and
             ``include_partial=False``).
+        DamagedStoreError: a store is damaged (with ``on_damaged='raise'``).
         ValueError: no stores, a path that does not parse, stores of several studies, or one run given twice.
     """
     if on_incomplete not in ("raise", "skip"):
         raise ValueError("on_incomplete must be 'raise' or 'skip'")
     if on_diverged not in ("keep", "raise"):
         raise ValueError("on_diverged must be 'keep' or 'raise'")
+    if on_damaged not in ("skip", "raise"):
+        raise ValueError("on_damaged must be 'skip' or 'raise'")
     if isinstance(source, (str, Path)):
         paths = find_stores(source, include_partial=include_partial)
     else:
@@ -293,17 +316,28 @@ def load_study(source: str | Path | Sequence[str | Path], *, on_incomplete: str 
             raise ValueError(f"run {key} given twice: {seen[key]} and {r.path}")
         seen[key] = r.path
     kinds = _sweep_kinds(runs)
-    parts = [d for d in (_run_dataset(r, _labels(r, kinds), on_incomplete, on_diverged, include_partial)
-                         for r in runs) if d is not None]
+    parts, damaged = [], []
+    for r in runs:
+        try:
+            part = _run_dataset(r, _labels(r, kinds), on_incomplete, on_diverged, include_partial, verify)
+        except DamagedStoreError as exc:
+            if on_damaged == "raise":
+                raise
+            warnings.warn(f"{exc} Left out of the study.", DamagedStoreWarning, stacklevel=2)
+            damaged.append(str(r.path))
+            continue
+        if part is not None:
+            parts.append(part)
     if not parts:
-        raise ValueError(f"no complete run stores in {source}")
+        raise ValueError(f"no complete, intact run stores in {source}" + (f" (damaged: {', '.join(damaged)})"
+                                                                            if damaged else ""))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         ds = xr.merge(parts, join="outer", compat="no_conflicts", combine_attrs="drop_conflicts")
     ds = _canonical_order(ds, list(kinds))
     ds = _coordinates(ds)
     ds.attrs = {"study": studies[0], "description": " ".join((description or "").split()),
-                "include_partial": int(include_partial)}
+                "include_partial": int(include_partial), **({"damaged": damaged} if damaged else {})}
     return ds
 
 

@@ -24,7 +24,10 @@ never leaves a torn chunk either (a kill leaves at most a ``*.partial`` temp fil
 
 **Checking what is kept.** Every block of rows is hashed (SHA-256 of its bytes) as it is written; the checkpoint
 stores these :attr:`RunArchive.digests`, and on resume :meth:`verify` re-reads the rows the checkpoint keeps and
-names every chunk file whose rows are missing, undecodable or changed (docs/reliability.md). A store is deleted by
+names every chunk file whose rows are missing, undecodable or changed (docs/reliability.md). Every commit also writes
+the digests of the committed rows into the root attribute :data:`DIGESTS_ATTR`, so readers verify a store without
+its checkpoints: :func:`open_run` does by default (:func:`verify_store`; :class:`DamagedStoreError` names each damaged
+chunk and array), and a damaged store is never read as zarr's fill values. A store is deleted by
 renaming it out of the way first (:func:`remove_store`), so no moment of a deletion leaves a half-deleted store that
 still reads as a run.
 
@@ -34,6 +37,7 @@ Every ``OSError`` (full disk, read-only folder) becomes an :class:`ArchiveError`
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -84,6 +88,18 @@ EPOCH_METRICS: dict[str, tuple[str, str, str]] = {
 class ArchiveError(GaitsimError, OSError):
     """The run store (or a checkpoint) could not be written or read: full disk, read-only folder, damaged store.
     The message names the path."""
+
+
+class DamagedStoreError(ArchiveError):
+    """A run store whose rows do not match the checksums written with them (a chunk missing, undecodable or
+    changed): never to be read as a result. :attr:`problems` names each damaged chunk file and its array."""
+
+    def __init__(self, path: Path | str, problems: list[str]) -> None:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"the run store {path} is damaged:\n{lines}\nIts results cannot be trusted: run it again "
+                         "(--overwrite) or restore it from a backup.")
+        self.path = Path(path)
+        self.problems = problems
 
 
 @contextlib.contextmanager
@@ -137,6 +153,9 @@ _FILL = {"f": math.nan, "i": -1, "b": False}
 
 #: ``{array name: [[first row, end row, digest], ...]}``: the digests of the row blocks written to a store
 Digests = dict[str, list[list]]
+
+#: the root attribute holding the :data:`Digests` of every committed row (written by every :meth:`RunArchive.commit`)
+DIGESTS_ATTR = "digests"
 
 
 def digest(values: np.ndarray) -> str:
@@ -466,8 +485,9 @@ class RunArchive:
             with _quiet_zarr():
                 group = zarr.consolidate_metadata(self.group.store)
             faults.hit("archive.commit")
-            if attrs:
-                group.attrs.update(attrs)
+            # the digests of every row committed go with the commit (in the root attributes), so the store can
+            # be verified without its checkpoints: by readers (open_run) and by --resume of a complete store
+            group.attrs.update({**attrs, DIGESTS_ATTR: self._digests})
             self.group = group
 
 
@@ -505,7 +525,14 @@ def remove_store(path: Path | str) -> None:
             path.unlink()
             return
         trash = path.with_name(f"{_trash_name(path)}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        os.replace(path, trash)
+        try:
+            os.replace(path, trash)
+        except OSError as exc:
+            if exc.errno not in (errno.EBUSY, errno.EINVAL, errno.EXDEV):
+                raise
+            raise ArchiveError(f"cannot replace the run store {path}: it cannot be renamed aside for deletion "
+                               f"({exc.strerror}: it is a mount point or the current folder); remove its contents "
+                               "yourself, or choose another output path") from None
         faults.hit("archive.remove")
         shutil.rmtree(trash)
 
@@ -523,14 +550,43 @@ def read_attrs(path: Path | str) -> dict[str, Any] | None:
         return None
 
 
-def open_run(path: Path | str):
+def verify_store(path: Path | str) -> list[str] | None:
+    """Check every committed row of the run store at ``path`` against the digests of its last commit (the root
+    attribute :data:`DIGESTS_ATTR`); read-only, takes no lock. Returns one line per damaged chunk
+    (``'<chunk file> (<array>): <what is wrong>'``, empty if intact), or None for a store written before the digests
+    were kept in its attributes (it cannot be checked without its checkpoints)."""
+    path = Path(path)
+    try:
+        with _quiet_zarr():
+            group = zarr.open_group(str(path), mode="r")
+            digests = group.attrs.get(DIGESTS_ATTR)
+            if not isinstance(digests, dict):
+                return None
+            archive = RunArchive(path, group)
+    except ArchiveError as exc:
+        return [str(exc)]
+    except Exception as exc:  # noqa: BLE001 - damaged metadata shows up as many kinds of errors
+        return [f"{path / 'zarr.json'} (metadata): not readable ({type(exc).__name__}: {exc})"]
+    return archive.verify(archive.lengths, digests)
+
+
+def open_run(path: Path | str, *, verify: bool = True):
     """The run's ``xarray.Dataset`` (lazy), as of its last commit: ``xr.open_zarr(path)`` with zarr's note that
     consolidated metadata is not yet part of the v3 spec silenced. A store of the old layout comes with its probe
-    records' dims and coordinates renamed (:data:`OLD_NAMES`)."""
+    records' dims and coordinates renamed (:data:`OLD_NAMES`).
+
+    ``verify`` (default): first check every committed row against the checksums written with it
+    (:func:`verify_store`, one read of the store) and raise :class:`DamagedStoreError` naming each damaged chunk and
+    array, so that a missing chunk is never read as zarr's fill values; ``verify=False`` skips the check (faster)."""
     import xarray as xr
 
+    if verify:
+        problems = verify_store(path)
+        if problems:
+            raise DamagedStoreError(path, problems)
     with _quiet_zarr():
         ds = xr.open_zarr(str(path))
+    ds.attrs.pop(DIGESTS_ATTR, None)
     if "checkpoint" in ds.dims:
         ds = ds.rename({old: new for old, new in OLD_NAMES.items() if old in ds.variables or old in ds.dims})
     return ds

@@ -23,6 +23,7 @@ that holds anything else (e.g. a pickle that would run code) is refused, not exe
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -165,6 +166,23 @@ def _read_manifest(folder: Path) -> list[dict[str, Any]] | None:
     return entries
 
 
+def _save_error(folder: Path, exc: RuntimeError) -> OSError:
+    """The ``OSError`` behind a ``RuntimeError`` of ``torch.save``: its zip writer reports a write that failed
+    (a full disk, typically) as 'unexpected pos', not as the ``OSError`` it was. Told apart by the free space left."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, OSError):
+        return cause
+    try:
+        st = os.statvfs(folder)
+        full = st.f_bavail * st.f_frsize < (1 << 20)
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, "No space left on device")
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return OSError(errno.EIO, f"torch.save failed to write the file ({first})")
+
+
 def _write_atomic(path: Path, write) -> None:
     """Write a file through ``write(f)`` to a temp file beside ``path``, fsync it, rename it over ``path``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -198,8 +216,11 @@ def save(store: Path | str, ckpt: Checkpoint) -> Path:
         fd, tmp = tempfile.mkstemp(prefix=f".{FILENAME}.", suffix=".tmp", dir=folder)
         try:
             with os.fdopen(fd, "wb") as f:
-                torch.save(ckpt.to_state(), f)
-                f.flush()
+                try:
+                    torch.save(ckpt.to_state(), f)
+                    f.flush()
+                except RuntimeError as exc:  # a failed write inside torch's zip writer ('unexpected pos ...')
+                    raise _save_error(folder, exc) from exc
                 faults.hit("checkpoint.write")
                 os.fsync(f.fileno())
             entry = {"sha256": _sha256(Path(tmp)), "step": ckpt.step, "epochs_done": ckpt.epochs_done,
@@ -218,6 +239,90 @@ def save(store: Path | str, ckpt: Checkpoint) -> Path:
             raise
         _fsync_dir(folder)
     return path
+
+
+# ----- checking what was read against the run ------------------------------------------------------------------------
+def _tensor_problem(name: str, value: Any, like: torch.Tensor) -> str | None:
+    if not isinstance(value, torch.Tensor):
+        return f"{name} is a {type(value).__name__}, not a tensor"
+    if value.shape != like.shape or value.dtype != like.dtype:
+        return (f"{name} is {str(value.dtype).removeprefix('torch.')}{list(value.shape)}, the run's is "
+                f"{str(like.dtype).removeprefix('torch.')}{list(like.shape)}")
+    return None
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def fit_problem(ckpt: Checkpoint, *, network: dict[str, torch.Tensor], scheduler: dict[str, Any],
+                param_shapes: list[torch.Size], epochs: int, steps_per_epoch: int) -> str | None:
+    """Why ``ckpt`` (intact by its checksum) cannot continue this run, or None if it fits: its tensors against the
+    run's ``network`` and ``scheduler`` state dicts (keys, shapes, dtypes; the optimizer's per-parameter state
+    against ``param_shapes``, the parameters in the optimizer's order), the RNG states' types and sizes, and its
+    position against ``epochs`` and ``steps_per_epoch``. A checkpoint that does not fit is passed over like a torn
+    one (:func:`sim.run.recovery.resume_point`), instead of failing deep inside ``load_state_dict``."""
+    net = ckpt.network
+    if not isinstance(net, dict):
+        return f"its network state is a {type(net).__name__}, not a mapping"
+    if set(net) != set(network):
+        odd = sorted(set(net) ^ set(network))[:4]
+        return f"its network state has other tensors than the run's network (differs in {', '.join(map(str, odd))})"
+    for key, like in network.items():
+        if (why := _tensor_problem(f"network tensor {key!r}", net[key], like)) is not None:
+            return why
+    sch = ckpt.scheduler
+    if not isinstance(sch, dict) or set(sch) != set(scheduler):
+        return f"its scheduler state does not have the keys {sorted(scheduler)}"
+    if not _int(sch["step"]) or sch["step"] != ckpt.step or ckpt.step < 0:
+        return f"its scheduler's step counter {sch['step']!r} does not match its step {ckpt.step}"
+    if (why := _tensor_problem("the noise generator state", sch["generator"], scheduler["generator"])) is not None:
+        return why
+    opt, ref = sch["optimizer"], scheduler["optimizer"]
+    if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"),
+                                                                                             list):
+        return "its optimizer state is not an optimizer state dict (state, param_groups)"
+    groups, ref_groups = opt["param_groups"], ref["param_groups"]
+    if len(groups) != len(ref_groups) or any(
+            not isinstance(g, dict) or not isinstance(g.get("params"), list) or len(g["params"]) != len(r["params"])
+            or not isinstance(g.get("lr"), (int, float)) for g, r in zip(groups, ref_groups)):
+        return "its optimizer's parameter groups do not match the run's layers"
+    index = [i for g in groups for i in g["params"]]
+    if sorted(index) != list(range(len(param_shapes))):
+        return "its optimizer's parameter groups do not list the run's parameters"
+    for pid, entry in opt["state"].items():
+        if pid not in index or not isinstance(entry, dict):
+            return f"its optimizer state holds an unknown parameter {pid!r}"
+        for name, value in entry.items():
+            if not isinstance(value, torch.Tensor):
+                if isinstance(value, (int, float)):
+                    continue
+                return f"its optimizer state {name!r} of parameter {pid} is a {type(value).__name__}"
+            if value.ndim and value.shape != param_shapes[pid]:
+                return (f"its optimizer state {name!r} of parameter {pid} has shape {list(value.shape)}, the "
+                        f"parameter {list(param_shapes[pid])}")
+    if (why := _tensor_problem("the torch RNG state", ckpt.torch_rng, torch.get_rng_state())) is not None:
+        return why
+    rng = ckpt.numpy_rng
+    if not (isinstance(rng, dict) and rng.get("name") == "MT19937" and isinstance(rng.get("keys"), torch.Tensor)
+            and rng["keys"].shape == (624,) and _int(rng.get("pos")) and 0 <= rng["pos"] <= 624
+            and _int(rng.get("has_gauss")) and isinstance(rng.get("cached_gaussian"), (int, float))):
+        return "its numpy RNG state is not an MT19937 state (name, 624 keys, pos, has_gauss, cached_gaussian)"
+    if not (0 <= ckpt.epochs_done <= epochs and 0 <= ckpt.batches_done < max(1, steps_per_epoch)
+            and ckpt.step <= epochs * steps_per_epoch):
+        return (f"its position (epoch {ckpt.epochs_done} done, batch {ckpt.batches_done}, step {ckpt.step}) is "
+                f"outside the run's {epochs} epochs of {steps_per_epoch} steps")
+    lengths = ckpt.lengths
+    if min(lengths.steps, lengths.epochs, lengths.probes) < 0:
+        return f"its archive lengths {lengths} are negative"
+    digests = ckpt.digests
+    if not all(isinstance(k, str) and isinstance(v, list) and all(
+            isinstance(r, list) and len(r) == 3 and _int(r[0]) and _int(r[1]) and isinstance(r[2], str) for r in v)
+            for k, v in digests.items()):
+        return "its archive digests are not lists of [first row, end row, digest]"
+    if not isinstance(ckpt.config_json, str) or not isinstance(ckpt.retries, list):
+        return "its config or retries have the wrong type"
+    return None
 
 
 # ----- reading ------------------------------------------------------------------------------------------------------
@@ -252,8 +357,9 @@ def _read(path: Path, known: set[str] | None, map_location) -> Candidate:
         return Candidate(path, problem=f"checkpoint {path} is unreadable ({why})")
     try:
         ckpt = Checkpoint.from_state(state, path)
-    except (KeyError, TypeError, ValueError) as exc:
-        return Candidate(path, problem=f"checkpoint {path} is unreadable (not a gaitsim checkpoint: {exc})")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        what = f"no key {exc}" if isinstance(exc, KeyError) else str(exc)
+        return Candidate(path, problem=f"checkpoint {path} is unreadable (not a gaitsim checkpoint: {what})")
     return Candidate(path, checkpoint=ckpt, verified=known is not None)
 
 

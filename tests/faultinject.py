@@ -84,7 +84,7 @@ def run_cli(argv: list[str], *, fault: str | None = None, kill_after: float | No
 # ----- comparing stores ---------------------------------------------------------------------------------------------
 #: what may differ between two runs of one config (git_commit: a commit made in the checkout between the two)
 VOLATILE_VARS = ("epoch_wall_s",)
-VOLATILE_ATTRS = ("start_time", "end_time", "device", "git_commit")
+VOLATILE_ATTRS = ("start_time", "end_time", "device", "git_commit", "writer_pid", "writer_host")
 
 
 _LOADED: dict[tuple[str, int], tuple[dict, dict]] = {}

@@ -186,7 +186,8 @@ def test_every_file_a_run_writes_is_in_the_store_or_beside_it(tmp_path):
     run(doc, store, progress=False)
     run(doc, store, overwrite=True, progress=False)  # the old store is renamed aside and deleted, beside it
     new = _tree(tmp_path) - before
-    assert new and all(p == store or store in p.parents or p == Path(f"{store}.log") for p in new), \
+    beside = {Path(f"{store}.log"), store.with_name(f".{store.name}.lock")}  # the log, and the one-writer lock
+    assert new and all(p == store or store in p.parents or p in beside for p in new), \
         sorted(p for p in new if store not in p.parents)
     assert not list(outside.iterdir())
 

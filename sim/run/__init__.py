@@ -6,6 +6,7 @@
 
 One module per concern:
 
+- :mod:`sim.run.lock`: one writer per store (an ``flock`` beside it, released by the OS when the process ends);
 - :mod:`sim.run.store`: what to do with what is at the output path (fresh, resume, overwrite, complete), the
   ``STORE.partial`` working store and :func:`~sim.run.store.publish`, the same-config check;
 - :mod:`sim.run.loop`: the epoch loop, top to bottom;
@@ -13,6 +14,9 @@ One module per concern:
 - :mod:`sim.run.recovery`: a failed step (stop or retry) and the resume point of a killed run;
 - :mod:`sim.run.data`: the data, checked against the network; :mod:`sim.run.provenance`: commit, versions, times;
   :mod:`sim.run.log`: the log file and the progress-friendly stderr handler (logger ``sim.run``).
+
+One writer per store: a run holds an exclusive OS lock on its store (:mod:`sim.run.lock`) from before it looks at
+the output path until it returns, after publishing; a second writer is refused at once, naming the holder.
 
 Failure modes (docs/reliability.md): anything a config can get wrong is refused before the network or data are
 touched (ConfigError); a NaN/Inf (or a singular GP layer) stops the run after the archive prefix and a checkpoint of
@@ -31,7 +35,7 @@ from pathlib import Path
 
 from sim.config import RunConfig, load_config
 from sim.errors import ConfigError, NonFiniteError, SingularLayerError
-from sim.run import loop, recovery, store
+from sim.run import lock, loop, store
 from sim.run.log import default_log_path, log, logging_to
 
 __all__ = ["ON_DIVERGE", "default_log_path", "run"]
@@ -71,7 +75,14 @@ def run(cfg: RunConfig | dict | str | Path, out: str | Path, *, resume: bool = F
     if on_diverge not in ON_DIVERGE:
         raise ConfigError(f"on_diverge must be one of {', '.join(ON_DIVERGE)}, got {on_diverge!r}")
     cfg.data.spec()  # e.g. data.path still null: refuse before anything is built
-    out = Path(out)
+    out = store.output_path(out)
+    with lock.hold(out):  # one writer per store, for the run's whole life (publishing included)
+        return _run_locked(cfg, out, resume=resume, overwrite=overwrite, progress=progress, log_file=log_file,
+                           publish=publish, on_diverge=on_diverge)
+
+
+def _run_locked(cfg: RunConfig, out: Path, *, resume: bool, overwrite: bool, progress: bool,
+                log_file: str | Path | None, publish: bool, on_diverge: str) -> Path:
     plan = store.plan(cfg, out, resume=resume, overwrite=overwrite, publish=publish)
     if plan.done and plan.path == out:
         if progress:
@@ -81,9 +92,8 @@ def run(cfg: RunConfig | dict | str | Path, out: str | Path, *, resume: bool = F
     with logging_to(Path(log_file) if log_file else default_log_path(out), append=plan.append_log,
                     to_stderr=progress):
         if not plan.done:
-            checkpoint, archive = recovery.resume_point(cfg, plan.path) if plan.continuing else (None, None)
             try:
-                loop.train(cfg, plan.path, checkpoint, archive, progress=progress, resume=plan.continuing,
+                loop.train(cfg, plan.path, progress=progress, resume=plan.continuing,
                            keep_diverged=on_diverge == "keep")
             except (NonFiniteError, SingularLayerError) as exc:
                 if on_diverge != "keep":

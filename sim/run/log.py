@@ -37,13 +37,36 @@ class TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
+class LogFileHandler(logging.FileHandler):
+    """A ``FileHandler`` that keeps the first failure to write the log file (a full disk) instead of printing a
+    traceback per line: :func:`logging_to` reports it once, as one line, when the run ends."""
+
+    failure: OSError | None = None
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        exc = sys.exc_info()[1]
+        if self.failure is None:
+            self.failure = exc if isinstance(exc, OSError) else OSError(str(exc))
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as exc:  # the buffered tail cannot be flushed (a full disk)
+            if self.failure is None:
+                self.failure = exc
+            with contextlib.suppress(OSError):
+                if self.stream is not None:
+                    self.stream.close()
+            self.stream = None
+
+
 @contextlib.contextmanager
 def logging_to(path: Path, *, append: bool, to_stderr: bool) -> Iterator[None]:
     """Log ``sim.run`` to ``path`` (appended to, or started afresh) and, if ``to_stderr``, to stderr, for the
     duration of the block; the error that ends the block is logged as the file's last line and re-raised."""
     with io_errors(path, "write the log file"):
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, mode="a" if append else "w", encoding="utf-8")
+        handler = LogFileHandler(path, mode="a" if append else "w", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handlers: list[logging.Handler] = [handler]
     if to_stderr:
@@ -69,3 +92,8 @@ def logging_to(path: Path, *, append: bool, to_stderr: bool) -> Iterator[None]:
         for h in handlers:
             log.removeHandler(h)
             h.close()
+        if handler.failure is not None:
+            # the run's own outcome stands (its store is intact, or its error is being raised): a log file that
+            # could not be written is said once, never as a traceback
+            print(f"warning: cannot write the log file {path}: {handler.failure.strerror or handler.failure}; the "
+                  "log is incomplete", file=sys.stderr)

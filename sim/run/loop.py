@@ -47,15 +47,20 @@ class RunState:
     last_test_top1: float = math.nan
 
 
-def train(cfg: RunConfig, out: Path, checkpoint: ckpt_io.Checkpoint | None, archive: RunArchive | None, *,
-          progress: bool, resume: bool, keep_diverged: bool = False) -> Path:
-    """Train ``cfg`` into the store ``out``, from ``checkpoint`` (with ``archive``, its open store) or from the
-    start (a new store replaces what is at ``out``); returns ``out``. ``keep_diverged``: see :func:`recovery.stop`."""
+def train(cfg: RunConfig, out: Path, *, progress: bool, resume: bool, keep_diverged: bool = False) -> Path:
+    """Train ``cfg`` into the store ``out``: with ``resume`` from its newest usable checkpoint
+    (:func:`recovery.resume_point`, checked against the network and scheduler built here), else (or when it has no
+    checkpoint) from the start, a new store replacing what is at ``out``; returns ``out``. ``keep_diverged``: see
+    :func:`recovery.stop`."""
     # Everything that can be refused is refused before the store is touched.
     net = build_network(cfg)
     sched = build_scheduler(cfg, net)
     data = load_data(cfg, net)
     n = data.steps_per_epoch
+    checkpoint: ckpt_io.Checkpoint | None = None
+    archive: RunArchive | None = None
+    if resume:
+        checkpoint, archive = recovery.resume_point(cfg, out, net, sched, steps_per_epoch=n)
     if checkpoint is None:
         archive = store.create(out, cfg, net, steps_per_epoch=n, resume=resume,
                                probe_labels=None if data.probe is None else data.probe[1].cpu().numpy())
@@ -72,7 +77,12 @@ def train(cfg: RunConfig, out: Path, checkpoint: ckpt_io.Checkpoint | None, arch
         if archive.layers != net.names:
             raise ArchiveError(f"{out} holds layers {archive.layers}, the network has {net.names}")
         run = RunState(cfg, out, net, sched, data, Recorder(archive, net, data.probe, n, cfg.train.step.checks))
-        recovery.restore(run, checkpoint)
+        try:
+            recovery.restore(run, checkpoint)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:  # a misfit fit_problem missed
+            raise ArchiveError(f"checkpoint {checkpoint.path} cannot be loaded into this run ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else ''}); start the run over with "
+                               "--overwrite") from exc
         run.rec.commit(device=str(net.device), **provenance.writer_attrs())  # gaitsim status: who writes now
         epochs_done, batches_done = checkpoint.epochs_done, checkpoint.batches_done
         log.info(f"resuming {out} at step {checkpoint.step} (epoch {epochs_done + 1}, batch {batches_done}) on "

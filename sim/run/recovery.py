@@ -23,6 +23,7 @@ from sim.errors import GaitsimError, NonFiniteError, SingularLayerError
 from sim.network import Network
 from sim.run.log import log
 from sim.run.store import check_same_config
+from sim.schedule import Scheduler
 
 if TYPE_CHECKING:
     from sim.run.loop import RunState
@@ -91,13 +92,22 @@ def restore(run: RunState, checkpoint: ckpt_io.Checkpoint) -> None:
     run.rec.archive.truncate(checkpoint.lengths)
 
 
-def resume_point(cfg: RunConfig, out: Path) -> tuple[ckpt_io.Checkpoint | None, RunArchive | None]:
-    """The newest intact checkpoint of ``out`` whose archive rows are intact, and the opened archive.
+def resume_point(cfg: RunConfig, out: Path, net: Network | None = None, sched: Scheduler | None = None, *,
+                 steps_per_epoch: int | None = None) -> tuple[ckpt_io.Checkpoint | None, RunArchive | None]:
+    """The newest intact checkpoint of ``out`` that fits the run and whose archive rows are intact, and the opened
+    archive. With ``net`` and ``sched`` (the run's, freshly built) and ``steps_per_epoch``, a checkpoint must also
+    fit them (:func:`sim.checkpoint.fit_problem`: tensor shapes and dtypes, RNG states, position).
 
-    Damaged files are logged with their paths and passed over for the previous checkpoint; None if the store has
-    no checkpoint (the run starts over). Raises ArchiveError if it has checkpoints but none can be continued."""
+    Damaged or unfitting files are logged with their paths and passed over for the previous checkpoint; None if the
+    store has no checkpoint (the run starts over). Raises ArchiveError if it has checkpoints but none can be
+    continued."""
     archive = None  # opened once there is a checkpoint: a store killed while it was created has no arrays yet
     problems = []
+    reference = None
+    if net is not None and sched is not None:
+        reference = dict(network=net.state_dict(), scheduler=sched.state_dict(),
+                         param_shapes=[p.shape for g in sched.optimizer.param_groups for p in g["params"]],
+                         epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch or 1)
     for cand in ckpt_io.candidates(out):
         if cand.checkpoint is None:
             log.warning(cand.problem)
@@ -105,6 +115,12 @@ def resume_point(cfg: RunConfig, out: Path) -> tuple[ckpt_io.Checkpoint | None, 
             continue
         checkpoint = cand.checkpoint
         check_same_config(checkpoint.config_json, cfg, out)
+        why = None if reference is None else ckpt_io.fit_problem(checkpoint, **reference)
+        if why is not None:
+            msg = f"checkpoint {cand.path} does not fit this run: {why}"
+            log.warning(msg)
+            problems.append(msg)
+            continue
         archive = archive or RunArchive.open(out)
         damaged = archive.verify(checkpoint.lengths, checkpoint.digests)
         if damaged:

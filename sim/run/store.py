@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sim import checkpoint as ckpt_io
-from sim.archive import ArchiveError, LayerInfo, RunArchive, io_errors, read_attrs, remove_store
+from sim.archive import DIGESTS_ATTR, ArchiveError, LayerInfo, RunArchive, io_errors, read_attrs, remove_store
 from sim.config import RunConfig
 from sim.errors import ConfigError
 from sim.network import Network
@@ -70,21 +70,40 @@ def _holds_no_run(folder: Path) -> bool:
                for p in folder.rglob("*"))
 
 
-def _clear_empty(path: Path) -> None:
-    """Remove ``path`` if it is a folder with no run in it (made by a workflow, or a kill before the store's first
-    file was renamed into place)."""
-    if path.is_dir() and not path.is_symlink() and _holds_no_run(path):
+def _clear_empty(path: Path) -> bool:
+    """Empty ``path`` if it is a folder with no run in it (made by a workflow, or a kill before the store's first
+    file was renamed into place); returns whether ``path`` is now such an empty folder. The folder itself is left in
+    place: it may be the current folder (``--out .``) or a mount point, neither of which can be removed."""
+    if not (path.is_dir() and not path.is_symlink() and _holds_no_run(path)):
+        return False
+    with io_errors(path, "clear the empty output folder"):
         for partial in path.rglob("*.partial"):
             partial.unlink()
         for folder in sorted(path.rglob("*"), reverse=True):
             folder.rmdir()
-        path.rmdir()
+    return True
+
+
+def is_empty_folder(path: Path) -> bool:
+    """Whether ``path`` is a real folder with nothing in it (a fresh store may be written into it)."""
+    return path.is_dir() and not path.is_symlink() and next(path.iterdir(), None) is None
+
+
+def output_path(out: Path | str) -> Path:
+    """``out`` as a store path with a name: ``.`` and ``..`` (and paths ending in them) become absolute, so that
+    the lock file, log file and ``.partial`` store can be named beside it. Raises ConfigError for ``/``."""
+    out = Path(out)
+    if out.name in ("", ".."):
+        out = Path(os.path.abspath(out))
+    if not out.name:
+        raise ConfigError(f"--out {out} cannot hold a run store (a store is a folder with a name: pass e.g. "
+                          "--out results/run.zarr)")
+    return out
 
 
 def _run_attrs(path: Path) -> dict | None:
     """The attributes of the run store at ``path``; None if nothing is there; ConfigError if something else is."""
-    _clear_empty(path)
-    if not (path.exists() or path.is_symlink()):
+    if _clear_empty(path) or not (path.exists() or path.is_symlink()):
         return None
     attrs = read_attrs(path)
     if attrs is None or "config" not in attrs:
@@ -139,23 +158,31 @@ def plan(cfg: RunConfig, out: Path, *, resume: bool, overwrite: bool, publish: b
 
 
 def check_complete(path: Path) -> None:
-    """Check a complete store's rows against its newest intact checkpoint; raise ArchiveError naming damage."""
+    """Check a complete store's rows against the digests of its last commit (or, for a store written before those
+    were kept, its newest intact checkpoint's); raise ArchiveError naming the damage. Completeness is claimed only
+    for a store that verifies."""
     archive = RunArchive.open(path)
-    for cand in ckpt_io.candidates(path):
-        if cand.checkpoint is not None:
-            damaged = archive.verify(cand.checkpoint.lengths, cand.checkpoint.digests)
-            if damaged:
-                lines = "\n".join(f"  - {d}" for d in damaged)
-                raise ArchiveError(f"{path} is marked complete but its archive is damaged:\n{lines}\nRun it again "
-                                   "with --overwrite (or restore the store from a backup).")
-            return
+    digests = archive.attrs.get(DIGESTS_ATTR)
+    lengths = archive.lengths
+    if not isinstance(digests, dict):
+        checkpoint = next((c.checkpoint for c in ckpt_io.candidates(path) if c.checkpoint is not None), None)
+        if checkpoint is None:
+            raise ArchiveError(f"{path} is marked complete but it cannot be verified (it keeps no checksums and no "
+                               "intact checkpoint); run it again with --overwrite, or read it with "
+                               "open_run(..., verify=False) at your own risk")
+        digests, lengths = checkpoint.digests, checkpoint.lengths
+    damaged = archive.verify(lengths, digests)
+    if damaged:
+        lines = "\n".join(f"  - {d}" for d in damaged)
+        raise ArchiveError(f"{path} is marked complete but its archive is damaged:\n{lines}\nRun it again "
+                           "with --overwrite (or restore the store from a backup).")
 
 
 def create(path: Path, cfg: RunConfig, net: Network, *, steps_per_epoch: int, probe_labels, resume: bool
            ) -> RunArchive:
     """A new store at ``path`` for ``cfg`` on ``net``, with its provenance; a run store already there is removed
     first (it was planned to be replaced)."""
-    if path.exists() or path.is_symlink():
+    if (path.exists() or path.is_symlink()) and not is_empty_folder(path):
         log.info(f"{path}: no checkpoint to resume from; starting over" if resume else f"replacing {path}")
         remove_store(path)
     layers = [LayerInfo(layer.name, rule.name, bool(layer.square), tuple(layer.out_shape))
@@ -167,8 +194,8 @@ def create(path: Path, cfg: RunConfig, net: Network, *, steps_per_epoch: int, pr
 def publish(partial: Path, out: Path) -> Path:
     """Rename the finished store ``partial`` to ``out`` in one atomic step (an old store at ``out`` is removed
     first, which a kill can interrupt only before the rename); returns ``out``."""
-    if out.exists() or out.is_symlink():
-        remove_store(out)
+    if (out.exists() or out.is_symlink()) and not is_empty_folder(out):
+        remove_store(out)  # an empty folder (made by a workflow) is replaced by the rename itself
     with io_errors(out, "publish the run store"):
         os.replace(partial, out)
         fd = os.open(out.parent, os.O_RDONLY)
