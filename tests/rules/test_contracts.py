@@ -134,7 +134,7 @@ def test_a_step_reads_no_process_wide_switch():
     """Every option of a step is a StepOptions field: no ContextVar or module global in sim/ changes a step."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1] / "sim"
+    root = Path(__file__).resolve().parents[2] / "sim"
     offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
                  if "ContextVar" in p.read_text() or (p.name != "faults.py" and "\n    global " in p.read_text())]
     assert offenders == []

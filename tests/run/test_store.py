@@ -20,7 +20,7 @@ from sim.cli import main as cli
 from sim.errors import ConfigError, NonFiniteError
 from sim.run import run
 from sim.run import store as run_store
-from tests.test_run import assert_same_archive
+from tests.run.test_loop import assert_same_archive
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
