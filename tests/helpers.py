@@ -5,10 +5,15 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
 import torch
+import yaml
 
 from sim import Network, Scheduler, get_rule, preset
+from sim import checkpoint as ckpt_io
+from sim.archive import EPOCH_METRICS, LayerInfo, Lengths, RunArchive, open_run
 
 
 def settings_for(rules, **changes) -> dict:
@@ -52,3 +57,55 @@ def batch(net: Network, n: int = 32, seed: int = 0):
 
 def scheduler(net: Network, **kw) -> Scheduler:
     return Scheduler(net, **kw)
+
+
+def write_config(path: Path, doc: dict) -> Path:
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def data_vars(ds, skip=("epoch_wall_s",)):
+    return {k: ds[k].values for k in list(ds.data_vars) + list(ds.coords) if k not in skip}
+
+
+def assert_same_archive(a: Path, b: Path) -> None:
+    """Two run stores hold the same variables, values and attributes (wall times, device and timestamps aside)."""
+    da, db = open_run(a), open_run(b)
+    va, vb = data_vars(da), data_vars(db)
+    assert set(va) == set(vb)
+    for k in va:
+        assert va[k].dtype == vb[k].dtype, k
+        assert np.array_equal(va[k], vb[k], equal_nan=va[k].dtype.kind == "f"), k
+    times = {"start_time", "end_time", "device"}
+    assert {k: v for k, v in da.attrs.items() if k not in times} == \
+           {k: v for k, v in db.attrs.items() if k not in times}
+
+
+# ----- run stores and checkpoints without training (tests/test_archive.py, tests/reliability/) -----------------------
+LAYERS = [LayerInfo("dense1", "fa", False, (6,)), LayerInfo("conv2", "gp", True, (4, 3, 3)),
+          LayerInfo("output", "gp", True, (5,))]
+
+
+def make_archive(path, probe=3) -> RunArchive:
+    """A run store of LAYERS (a dense, a conv and an output layer) with 4 steps per epoch, no training behind it."""
+    return RunArchive.create(path, layers=LAYERS, steps_per_epoch=4, activity_dtype="float32",
+                             probe_labels=np.arange(probe) if probe else None, attrs={"config": "{}", "name": "t"})
+
+
+def add_epoch(archive: RunArchive, epoch: int, steps: int = 4) -> None:
+    """Append one epoch of made-up rows (steps, epoch metrics, a probe) to a ``make_archive`` store."""
+    first = archive.lengths.steps
+    archive.append_steps(first_step=first, epoch=epoch, loss=np.linspace(1, 2, steps), batch_size=np.full(steps, 8),
+                         angle=np.full((steps, 3), float(epoch)))
+    archive.append_epoch(epoch, {k: epoch / 10 for k in EPOCH_METRICS}, np.array([np.nan, 0.1, 0.2]))
+    archive.append_probe(epoch, first + steps, [np.full((3, 6), epoch), np.full((3, 4, 3, 3), epoch),
+                                                np.full((3, 5), epoch)],
+                         [np.full((3, 6), epoch + 0.5), np.full((3, 4, 3, 3), epoch + 0.5), np.full((3, 5), epoch)])
+
+
+def checkpoint_at(step: int) -> ckpt_io.Checkpoint:
+    """A small checkpoint whose weights and generator state are those of ``step``."""
+    return ckpt_io.Checkpoint(config_json="{}", epochs_done=step, batches_done=0, step=step,
+                              lengths=Lengths(step, 1, 0), network={"w": torch.full((2, 2), float(step))},
+                              scheduler={"generator": torch.Generator().manual_seed(step).get_state(), "step": step},
+                              torch_rng=torch.get_rng_state(), numpy_rng=ckpt_io.numpy_rng_state())
