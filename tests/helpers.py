@@ -13,7 +13,9 @@ import yaml
 
 from sim import Network, Scheduler, get_rule, preset
 from sim import checkpoint as ckpt_io
+from sim.activation import LINEAR
 from sim.archive import EPOCH_METRICS, LayerInfo, Lengths, RunArchive, open_run
+from sim.layers import Conv
 
 
 def settings_for(rules, **changes) -> dict:
@@ -109,3 +111,53 @@ def checkpoint_at(step: int) -> ckpt_io.Checkpoint:
                               lengths=Lengths(step, 1, 0), network={"w": torch.full((2, 2), float(step))},
                               scheduler={"generator": torch.Generator().manual_seed(step).get_state(), "step": step},
                               torch_rng=torch.get_rng_state(), numpy_rng=ckpt_io.numpy_rng_state())
+
+
+# ----- conv layers and nets (tests/oracles/test_conv.py, tests/layers/test_conv.py) ---------------------------------
+F64 = torch.float64
+
+# (C, k, s, H, W): the REFERENCE section 4 cases, then every (kernel, stride) of the ImageNet net at odd and even
+# sizes (and a non-square map), so every padding split (even/odd total) is exercised.
+CASES = [
+    (3, 3, 2, 16, 16), (4, 5, 2, 15, 15), (2, 3, 1, 9, 9), (3, 9, 4, 32, 32), (2, 3, 2, 7, 7),
+    (3, 3, 2, 17, 17), (3, 3, 2, 8, 8), (4, 5, 2, 16, 16), (4, 5, 2, 9, 9), (2, 3, 1, 10, 10), (2, 3, 1, 7, 7),
+    (3, 3, 2, 12, 9), (2, 5, 2, 7, 10),
+]
+CASE_IDS = [f"C{c}k{k}s{s}H{h}W{w}" for c, k, s, h, w in CASES]
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    """A CPU generator seeded with ``seed``."""
+    return torch.Generator().manual_seed(seed)
+
+
+def square_conv(c: int, k: int, s: int, h: int, w: int, *, activation=LINEAR, perturb: float = 0.0,
+                seed: int = 0) -> Conv:
+    """A float64 square conv layer; ``perturb`` > 0 makes M non-orthogonal and the bias non-zero."""
+    layer = Conv("conv", (c, h, w), max(1, c), k, s, square=True, activation=activation, dtype=F64,
+                 generator=gen(seed))
+    if perturb:
+        g = gen(seed + 1)
+        with torch.no_grad():
+            layer.weight.add_(perturb * torch.randn(layer.weight.shape, generator=g, dtype=F64))
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=g, dtype=F64))
+    return layer
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The relative error ``|a - b| / |b|``."""
+    return (torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b)).item()
+
+
+def conv_batch(net: Network, n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` float inputs of the net's input shape and integer labels, seeded."""
+    g = gen(seed)
+    x = torch.randn(n, *net.config.input_shape, generator=g, dtype=net.dtype)
+    y = torch.randint(0, net.classes, (n,), generator=g)
+    return x, y
+
+
+def small_imagenet(rules, **kw) -> Network:
+    """The ImageNet conv preset at 65x65 pixels, a quarter of the filters, 10 classes, float64 by default."""
+    kw.setdefault("dtype", "float64")
+    return Network(preset("imagenet_conv", rules, image_size=65, width_mult=0.25, classes=10, **kw))
