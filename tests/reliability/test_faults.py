@@ -213,6 +213,7 @@ def test_kill_anywhere_then_resume_gives_the_uninterrupted_archive(setup, tmp_pa
     assert kills >= 50 and survived == kills
 
 
+@pytest.mark.slow  # a real process killed from outside; the fast tier resumes after a crash in tests/run/test_store.py
 def test_sigkill_mid_epoch_then_resume(tmp_path, tiny_config):
     """A real crash: SIGKILL a CLI run in the middle of an epoch, resume it, compare with an uninterrupted run."""
     doc = tiny_config(rules="gp", train={"epochs": 3, "batch_size": 16},
