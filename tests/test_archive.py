@@ -1,5 +1,5 @@
-"""The run store and the checkpoint, without training: growth, commits as the only visible state, truncation,
-errors naming the path, atomic checkpoints."""
+"""The run store (sim/archive.py) without training: growth, commits as the only visible state, truncation, old
+layouts. (The checkpoint: tests/test_checkpoint.py; write errors and torn files: tests/reliability/.)"""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 
 from sim import checkpoint as ckpt_io
 from sim.archive import ArchiveError, Lengths, RunArchive, open_run
 from tests.helpers import add_epoch
-from tests.helpers import checkpoint_at as _checkpoint
 from tests.helpers import make_archive as make
 
 
@@ -111,30 +109,3 @@ def test_an_old_store_reads_with_the_new_names_and_is_not_resumed(tmp_path):
     assert archive.lengths == Lengths(4, 1, 2)
     with pytest.raises(ArchiveError, match=r"old\.zarr was written by an older gaitsim .*over with --overwrite"):
         archive.truncate(Lengths(4, 1, 1))  # ... but is not continued
-
-
-def test_a_checkpoint_written_before_the_rename_loads_its_lengths():
-    state = _checkpoint(3).to_state()
-    state["lengths"] = {"steps": 3, "epochs": 1, "checkpoints": 2}
-    assert ckpt_io.Checkpoint.from_state(state).lengths == Lengths(steps=3, epochs=1, probes=2)
-
-
-def test_checkpoint_round_trip_loads_weights_only(tmp_path):
-    np.random.seed(3)
-    state = _checkpoint(7)
-    ckpt_io.save(tmp_path, state)
-    expected = np.random.rand(3)
-    back = ckpt_io.load(tmp_path)
-    assert back.step == 7 and back.lengths == Lengths(7, 1, 0) and torch.equal(back.network["w"], state.network["w"])
-    ckpt_io.set_numpy_rng_state(back.numpy_rng)
-    np.testing.assert_array_equal(np.random.rand(3), expected)
-    torch.load(ckpt_io.checkpoint_path(tmp_path), weights_only=True)
-    assert ckpt_io.load(tmp_path / "elsewhere") is None
-
-
-def test_a_damaged_checkpoint_is_a_clear_error(tmp_path):
-    path = ckpt_io.checkpoint_path(tmp_path)
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"not a checkpoint")
-    with pytest.raises(ArchiveError, match="unreadable"):
-        ckpt_io.load(tmp_path)
