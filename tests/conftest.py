@@ -1,13 +1,28 @@
-"""Fixtures for the run tests (test_config, test_run, test_archive): a tiny run config on the embedded digits, and
-one torch thread (the tiny nets are far faster single-threaded on a shared 2-core box, and two runs compared for
-bitwise equality must use the same thread count)."""
+"""Shared fixtures: a tiny run config on the embedded digits, and one torch thread (the tiny nets are far faster
+single-threaded on a shared 2-core box, and two runs compared for bitwise equality must use the same thread count).
+
+Thread rule (docs/testing.md): under pytest-xdist (``-n auto``, the default in pyproject.toml) every worker runs
+torch with WORKER_THREADS thread(s), and children it starts inherit ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` = the
+same, so N workers use N cores instead of N x cores threads. A serial run (``-n 0``) keeps torch's default. Tests
+that compare results bitwise still ask for ``one_thread`` explicitly, whatever the worker count."""
 
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
+
+#: torch threads per pytest-xdist worker: the workers are the parallelism, each one runs single-threaded
+WORKER_THREADS = 1
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER") is not None:
+        torch.set_num_threads(WORKER_THREADS)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(WORKER_THREADS)
 
 #: a run that trains the shallow digits net for 2 epochs in about a second
 TINY = {
@@ -38,6 +53,7 @@ def tiny_config():
 
 @pytest.fixture
 def one_thread():
+    """Run the test with exactly one torch thread (bitwise comparisons; restored afterwards)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -1,4 +1,4 @@
-"""Helpers of the reliability tests (tests/test_faults.py, tests/test_safety.py; docs/reliability.md).
+"""Helpers of the reliability tests (tests/reliability/: test_faults.py, test_safety.py; docs/reliability.md).
 
 * :func:`run_cli`: run ``python -m sim ...`` (the CLI's ``main``) in a child process forked from a forkserver that
   has imported torch and the package once, so a test can SIGKILL hundreds of runs (at a :mod:`sim.faults` site or
@@ -161,7 +161,8 @@ def append_garbage(path: Path, n: int = 16) -> None:
 # ----- bad inputs (docs/bad_input.md) -------------------------------------------------------------------------------
 # Each entry produces, in the current folder, one bad input and returns what the user sees: the CLI's stderr (an
 # ``error: ...`` line, or the warnings a run logs before it goes on), with the folder's path left out. The table in
-# docs/bad_input.md is written from these (``python -m tests.faultinject``) and tests/test_safety.py checks it.
+# docs/bad_input.md is written from these (``python -m tests.faultinject``) and
+# tests/reliability/test_safety.py checks it.
 import contextlib  # noqa: E402
 import copy  # noqa: E402
 import html  # noqa: E402
@@ -551,10 +552,10 @@ HEADER = """# What bad input looks like
 
 Every bad input we could think of, and exactly what `python -m sim run` prints for it (stderr; `error: ...` lines
 end the run with exit status 2, the other lines are warnings of a run that goes on). The messages are copied from
-real runs by `python -m tests.faultinject` (which writes this file) and checked by `tests/test_safety.py`, so they
-stay true; paths are relative to the folder the run was started in. Where a fault cannot be produced on demand (a
-full disk, a read-only folder) it is injected with `GAITSIM_FAULT` (docs/reliability.md), which adds
-`(injected by ...)` to the operating system's message.
+real runs by `python -m tests.faultinject` (which writes this file) and checked by
+`tests/reliability/test_safety.py`, so they stay true; paths are relative to the folder the run was started in.
+Where a fault cannot be produced on demand (a full disk, a read-only folder) it is injected with `GAITSIM_FAULT`
+(docs/reliability.md), which adds `(injected by ...)` to the operating system's message.
 
 | id | bad input | what you see |
 |---|---|---|

@@ -5,10 +5,17 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
 import torch
+import yaml
 
 from sim import Network, Scheduler, get_rule, preset
+from sim import checkpoint as ckpt_io
+from sim.activation import LINEAR
+from sim.archive import EPOCH_METRICS, LayerInfo, Lengths, RunArchive, open_run
+from sim.layers import Conv
 
 
 def settings_for(rules, **changes) -> dict:
@@ -52,3 +59,105 @@ def batch(net: Network, n: int = 32, seed: int = 0):
 
 def scheduler(net: Network, **kw) -> Scheduler:
     return Scheduler(net, **kw)
+
+
+def write_config(path: Path, doc: dict) -> Path:
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def data_vars(ds, skip=("epoch_wall_s",)):
+    return {k: ds[k].values for k in list(ds.data_vars) + list(ds.coords) if k not in skip}
+
+
+def assert_same_archive(a: Path, b: Path) -> None:
+    """Two run stores hold the same variables, values and attributes (wall times, device and timestamps aside)."""
+    da, db = open_run(a), open_run(b)
+    va, vb = data_vars(da), data_vars(db)
+    assert set(va) == set(vb)
+    for k in va:
+        assert va[k].dtype == vb[k].dtype, k
+        assert np.array_equal(va[k], vb[k], equal_nan=va[k].dtype.kind == "f"), k
+    times = {"start_time", "end_time", "device"}
+    assert {k: v for k, v in da.attrs.items() if k not in times} == \
+           {k: v for k, v in db.attrs.items() if k not in times}
+
+
+# ----- run stores and checkpoints without training (tests/test_archive.py, tests/reliability/) -----------------------
+LAYERS = [LayerInfo("dense1", "fa", False, (6,)), LayerInfo("conv2", "gp", True, (4, 3, 3)),
+          LayerInfo("output", "gp", True, (5,))]
+
+
+def make_archive(path, probe=3) -> RunArchive:
+    """A run store of LAYERS (a dense, a conv and an output layer) with 4 steps per epoch, no training behind it."""
+    return RunArchive.create(path, layers=LAYERS, steps_per_epoch=4, activity_dtype="float32",
+                             probe_labels=np.arange(probe) if probe else None, attrs={"config": "{}", "name": "t"})
+
+
+def add_epoch(archive: RunArchive, epoch: int, steps: int = 4) -> None:
+    """Append one epoch of made-up rows (steps, epoch metrics, a probe) to a ``make_archive`` store."""
+    first = archive.lengths.steps
+    archive.append_steps(first_step=first, epoch=epoch, loss=np.linspace(1, 2, steps), batch_size=np.full(steps, 8),
+                         angle=np.full((steps, 3), float(epoch)))
+    archive.append_epoch(epoch, {k: epoch / 10 for k in EPOCH_METRICS}, np.array([np.nan, 0.1, 0.2]))
+    archive.append_probe(epoch, first + steps, [np.full((3, 6), epoch), np.full((3, 4, 3, 3), epoch),
+                                                np.full((3, 5), epoch)],
+                         [np.full((3, 6), epoch + 0.5), np.full((3, 4, 3, 3), epoch + 0.5), np.full((3, 5), epoch)])
+
+
+def checkpoint_at(step: int) -> ckpt_io.Checkpoint:
+    """A small checkpoint whose weights and generator state are those of ``step``."""
+    return ckpt_io.Checkpoint(config_json="{}", epochs_done=step, batches_done=0, step=step,
+                              lengths=Lengths(step, 1, 0), network={"w": torch.full((2, 2), float(step))},
+                              scheduler={"generator": torch.Generator().manual_seed(step).get_state(), "step": step},
+                              torch_rng=torch.get_rng_state(), numpy_rng=ckpt_io.numpy_rng_state())
+
+
+# ----- conv layers and nets (tests/oracles/test_conv.py, tests/layers/test_conv.py) ---------------------------------
+F64 = torch.float64
+
+# (C, k, s, H, W): the REFERENCE section 4 cases, then every (kernel, stride) of the ImageNet net at odd and even
+# sizes (and a non-square map), so every padding split (even/odd total) is exercised.
+CASES = [
+    (3, 3, 2, 16, 16), (4, 5, 2, 15, 15), (2, 3, 1, 9, 9), (3, 9, 4, 32, 32), (2, 3, 2, 7, 7),
+    (3, 3, 2, 17, 17), (3, 3, 2, 8, 8), (4, 5, 2, 16, 16), (4, 5, 2, 9, 9), (2, 3, 1, 10, 10), (2, 3, 1, 7, 7),
+    (3, 3, 2, 12, 9), (2, 5, 2, 7, 10),
+]
+CASE_IDS = [f"C{c}k{k}s{s}H{h}W{w}" for c, k, s, h, w in CASES]
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    """A CPU generator seeded with ``seed``."""
+    return torch.Generator().manual_seed(seed)
+
+
+def square_conv(c: int, k: int, s: int, h: int, w: int, *, activation=LINEAR, perturb: float = 0.0,
+                seed: int = 0) -> Conv:
+    """A float64 square conv layer; ``perturb`` > 0 makes M non-orthogonal and the bias non-zero."""
+    layer = Conv("conv", (c, h, w), max(1, c), k, s, square=True, activation=activation, dtype=F64,
+                 generator=gen(seed))
+    if perturb:
+        g = gen(seed + 1)
+        with torch.no_grad():
+            layer.weight.add_(perturb * torch.randn(layer.weight.shape, generator=g, dtype=F64))
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=g, dtype=F64))
+    return layer
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The relative error ``|a - b| / |b|``."""
+    return (torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b)).item()
+
+
+def conv_batch(net: Network, n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` float inputs of the net's input shape and integer labels, seeded."""
+    g = gen(seed)
+    x = torch.randn(n, *net.config.input_shape, generator=g, dtype=net.dtype)
+    y = torch.randint(0, net.classes, (n,), generator=g)
+    return x, y
+
+
+def small_imagenet(rules, **kw) -> Network:
+    """The ImageNet conv preset at 65x65 pixels, a quarter of the filters, 10 classes, float64 by default."""
+    kw.setdefault("dtype", "float64")
+    return Network(preset("imagenet_conv", rules, image_size=65, width_mult=0.25, classes=10, **kw))

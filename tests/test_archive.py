@@ -1,36 +1,18 @@
-"""The run store and the checkpoint, without training: growth, commits as the only visible state, truncation,
-errors naming the path, atomic checkpoints."""
+"""The run store (sim/archive.py) without training: growth, commits as the only visible state, truncation, old
+layouts. (The checkpoint: tests/test_checkpoint.py; write errors and torn files: tests/reliability/.)"""
 
 from __future__ import annotations
 
-import errno
 import warnings
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 
 from sim import checkpoint as ckpt_io
-from sim.archive import EPOCH_METRICS, ArchiveError, LayerInfo, Lengths, RunArchive, open_run, read_attrs
-
-LAYERS = [LayerInfo("dense1", "fa", False, (6,)), LayerInfo("conv2", "gp", True, (4, 3, 3)),
-          LayerInfo("output", "gp", True, (5,))]
-
-
-def make(path, probe=3):
-    return RunArchive.create(path, layers=LAYERS, steps_per_epoch=4, activity_dtype="float32",
-                             probe_labels=np.arange(probe) if probe else None, attrs={"config": "{}", "name": "t"})
-
-
-def add_epoch(archive: RunArchive, epoch: int, steps: int = 4) -> None:
-    first = archive.lengths.steps
-    archive.append_steps(first_step=first, epoch=epoch, loss=np.linspace(1, 2, steps), batch_size=np.full(steps, 8),
-                         angle=np.full((steps, 3), float(epoch)))
-    archive.append_epoch(epoch, {k: epoch / 10 for k in EPOCH_METRICS}, np.array([np.nan, 0.1, 0.2]))
-    archive.append_probe(epoch, first + steps, [np.full((3, 6), epoch), np.full((3, 4, 3, 3), epoch),
-                                                np.full((3, 5), epoch)],
-                         [np.full((3, 6), epoch + 0.5), np.full((3, 4, 3, 3), epoch + 0.5), np.full((3, 5), epoch)])
+from sim.archive import ArchiveError, Lengths, RunArchive, open_run
+from tests.helpers import add_epoch
+from tests.helpers import make_archive as make
 
 
 def test_a_new_store_opens_with_xarray_and_every_growing_dim_empty(tmp_path):
@@ -127,77 +109,3 @@ def test_an_old_store_reads_with_the_new_names_and_is_not_resumed(tmp_path):
     assert archive.lengths == Lengths(4, 1, 2)
     with pytest.raises(ArchiveError, match=r"old\.zarr was written by an older gaitsim .*over with --overwrite"):
         archive.truncate(Lengths(4, 1, 1))  # ... but is not continued
-
-
-def test_a_checkpoint_written_before_the_rename_loads_its_lengths():
-    state = _checkpoint(3).to_state()
-    state["lengths"] = {"steps": 3, "epochs": 1, "checkpoints": 2}
-    assert ckpt_io.Checkpoint.from_state(state).lengths == Lengths(steps=3, epochs=1, probes=2)
-
-
-def test_unwritable_location_names_the_path(tmp_path):
-    (tmp_path / "file").write_text("")
-    with pytest.raises(ArchiveError, match=r"cannot create the run store .*file/a\.zarr"):
-        make(tmp_path / "file" / "a.zarr")
-    assert read_attrs(tmp_path / "file") is None and read_attrs(tmp_path / "nothing") is None
-
-
-def _checkpoint(step: int) -> ckpt_io.Checkpoint:
-    return ckpt_io.Checkpoint(config_json="{}", epochs_done=step, batches_done=0, step=step,
-                              lengths=Lengths(step, 1, 0), network={"w": torch.full((2, 2), float(step))},
-                              scheduler={"generator": torch.Generator().manual_seed(step).get_state(), "step": step},
-                              torch_rng=torch.get_rng_state(), numpy_rng=ckpt_io.numpy_rng_state())
-
-
-def test_checkpoint_round_trip_loads_weights_only(tmp_path):
-    np.random.seed(3)
-    state = _checkpoint(7)
-    ckpt_io.save(tmp_path, state)
-    expected = np.random.rand(3)
-    back = ckpt_io.load(tmp_path)
-    assert back.step == 7 and back.lengths == Lengths(7, 1, 0) and torch.equal(back.network["w"], state.network["w"])
-    ckpt_io.set_numpy_rng_state(back.numpy_rng)
-    np.testing.assert_array_equal(np.random.rand(3), expected)
-    torch.load(ckpt_io.checkpoint_path(tmp_path), weights_only=True)
-    assert ckpt_io.load(tmp_path / "elsewhere") is None
-
-
-def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
-    ckpt_io.save(tmp_path, _checkpoint(1))
-
-    def full_disk(obj, f, *args, **kwargs):
-        f.write(b"half a checkpoint")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(ArchiveError, match=r"cannot write the checkpoint .*last\.pt: No space left on device"):
-        ckpt_io.save(tmp_path, _checkpoint(2))
-    monkeypatch.undo()
-    assert ckpt_io.load(tmp_path).step == 1
-    assert sorted(p.name for p in ckpt_io.checkpoint_path(tmp_path).parent.iterdir()) == \
-        [ckpt_io.FILENAME, ckpt_io.MANIFEST]  # no temp file left, no rotation
-
-
-def test_a_damaged_checkpoint_is_a_clear_error(tmp_path):
-    path = ckpt_io.checkpoint_path(tmp_path)
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"not a checkpoint")
-    with pytest.raises(ArchiveError, match="unreadable"):
-        ckpt_io.load(tmp_path)
-
-
-def test_a_full_disk_while_appending_names_the_store(tmp_path, monkeypatch):
-    import zarr.storage._local as local
-
-    archive = make(tmp_path / "a.zarr")
-    add_epoch(archive, 1)
-    archive.commit()
-
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(local, "_put", full)
-    with pytest.raises(ArchiveError, match=r"cannot write '.*' to the run store .*a\.zarr: No space left on device"):
-        add_epoch(archive, 2)
-    monkeypatch.undo()
-    assert open_run(tmp_path / "a.zarr").sizes["epoch"] == 1  # the committed prefix is still readable

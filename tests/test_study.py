@@ -2,8 +2,8 @@
 sweeps, rule mixing, dataset paths, per-run validation naming the key, which figures apply, and no torch import.
 
 The workflow config is built as Snakemake builds it (config/config.yaml, then each --configfile merged over it, then
-validated by workflow/schemas/config.schema.yaml with its defaults filled in); tests/test_workflow.py keeps the
-Snakemake launches (lint, one dry run, the tiny real run) as smoke tests.
+validated by workflow/schemas/config.schema.yaml with its defaults filled in); tests/workflow/test_snakemake.py keeps
+the Snakemake launches (lint, one dry run, the tiny real run) as smoke tests.
 """
 
 from __future__ import annotations

@@ -248,7 +248,7 @@ def test_the_table_shows_what_a_real_run_prints(case, tmp_path):
 
 
 def test_the_fault_sites_are_documented():
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "reliability.md").read_text()
     from sim import faults
 
     for site in faults.SITES:

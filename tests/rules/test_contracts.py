@@ -14,11 +14,17 @@ from tests.helpers import batch, build
 PAIRS = list(itertools.product(sorted(RULES), repeat=2))
 
 
+#: the deep nets: the 128-wide digits one in the fast tier, the paper's 1024-wide CIFAR-10 one (3-30 s a pair) slow
+DEEP_NETS = [pytest.param("digits_deep", id="digits"),
+             pytest.param("cifar10_deep", id="cifar10", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("net_name", DEEP_NETS)
 @pytest.mark.parametrize(("lower", "upper"), PAIRS, ids=[f"{a}-below-{b}" for a, b in PAIRS])
-def test_every_ordered_pair_of_rules_trains_on_the_deep_net(lower, upper):
+def test_every_ordered_pair_of_rules_trains_on_the_deep_net(lower, upper, net_name):
     # Rules `lower` and `upper` meet at the boundary between dense3 and dense4 of the deep net.
     rules = [lower] * 3 + [upper] * 4
-    net = build("cifar10_deep", rules, dtype="float32")
+    net = build(net_name, rules, dtype="float32")
     sched = Scheduler(net)
     x, y = batch(net, 16)
     losses = [sched.train_step(x, y).loss.item() for _ in range(3)]
@@ -134,7 +140,7 @@ def test_a_step_reads_no_process_wide_switch():
     """Every option of a step is a StepOptions field: no ContextVar or module global in sim/ changes a step."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1] / "sim"
+    root = Path(__file__).resolve().parents[2] / "sim"
     offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
                  if "ContextVar" in p.read_text() or (p.name != "faults.py" and "\n    global " in p.read_text())]
     assert offenders == []

@@ -1,6 +1,8 @@
 """The run store's lifecycle (sim/run/store.py, docs/runs.md): ``--publish`` writes ``STORE.partial`` and renames
 it into place once complete, resumes a partial of the same config and replaces one of another; ``--on-diverge
-keep`` makes a stopped run a result; the device of ``python -m sim lease -- python -m sim run`` is the leased one."""
+keep`` makes a stopped run a result; the device of ``python -m sim lease -- python -m sim run`` is the leased one;
+an existing store is refused without a flag, left alone by ``--resume`` once complete, replaced by ``--overwrite``;
+a crashed run resumes to the archive of an uninterrupted one. (Kills, torn files, full disks: tests/reliability/.)"""
 
 from __future__ import annotations
 
@@ -11,23 +13,18 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-import yaml
 
 import sim.schedule
+from sim import checkpoint as ckpt_io
 from sim import gpu
 from sim.archive import open_run, read_attrs
 from sim.cli import main as cli
 from sim.errors import ConfigError, NonFiniteError
 from sim.run import run
 from sim.run import store as run_store
-from tests.test_run import assert_same_archive
+from tests.helpers import assert_same_archive, write_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def write_config(path: Path, doc: dict) -> Path:
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
 
 
 def diverging(tiny_config) -> dict:
@@ -160,3 +157,77 @@ def test_an_invalid_gaitsim_device_is_one_error_line(tmp_path, tiny_config, monk
     assert err.startswith("error: GAITSIM_DEVICE='gpu0' is not a device") and len(err.splitlines()) == 1, err
     assert not store.exists()
     assert cli(["run", str(cfg_path), "--out", str(store), "--quiet", "--device", "cpu"]) == 0  # --device wins
+
+
+# ----- an existing store: refused, resumed, overwritten ------------------------------------------------------------
+SMALL = {"kind": "digits", "size": 320}  # 10 steps of 32 per epoch
+
+
+def test_an_existing_store_is_refused_without_a_flag(tmp_path, tiny_config, capsys):
+    doc = tiny_config(train={"epochs": 1}, record={"probe_epochs": [0, 1]}, data=SMALL)
+    cfg_path = write_config(tmp_path / "c.yaml", doc)
+    store = tmp_path / "run.zarr"
+    assert cli(["run", str(cfg_path), "--out", str(store), "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli(["run", str(cfg_path), "--out", str(store), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "already exists" in err and "--resume" in err and "--overwrite" in err
+    # a complete store is left alone by --resume
+    stamp = (store / "zarr.json").stat().st_mtime_ns
+    assert cli(["run", str(cfg_path), "--out", str(store), "--quiet", "--resume"]) == 0
+    assert (store / "zarr.json").stat().st_mtime_ns == stamp
+    # --overwrite replaces it
+    assert cli(["run", str(cfg_path), "--out", str(store), "--quiet", "--overwrite"]) == 0
+    assert open_run(store).attrs["complete"] is True
+    # resuming with another config is refused, naming the difference
+    changed = write_config(tmp_path / "d.yaml", tiny_config(train={"epochs": 1, "seed": 5}, data=SMALL,
+                                                            record={"probe_epochs": [0, 1]}))
+    assert cli(["run", str(changed), "--out", str(store), "--quiet", "--resume"]) == 2
+    assert "train.seed: 0 -> 5" in capsys.readouterr().err
+    # a folder that is not a run store is never deleted
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("...")
+    assert cli(["run", str(cfg_path), "--out", str(precious), "--quiet", "--overwrite"]) == 2
+    assert "not a gaitsim run store" in capsys.readouterr().err
+    assert (precious / "thesis.tex").exists()
+
+
+# ----- resume -------------------------------------------------------------------------------------------------------
+def _interrupt_at(monkeypatch, step: int) -> None:
+    """Make the scheduler raise KeyboardInterrupt when it reaches ``step`` (a crash in the middle of an epoch)."""
+    original = sim.schedule.Scheduler.compute
+
+    def compute(self, x, y):
+        if self.step_count == step:
+            raise KeyboardInterrupt
+        return original(self, x, y)
+
+    monkeypatch.setattr(sim.schedule.Scheduler, "compute", compute)
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, tiny_config, monkeypatch):
+    # 4 epochs, checkpoints after epochs 2 and 4: a crash in epoch 4 leaves epoch 3 in the archive but not in the
+    # checkpoint, so resuming must cut the archive back and rewrite epoch 3.
+    doc = tiny_config(rules=["fa", "gp", "gp", "gp"], train={"epochs": 4}, data=SMALL,
+                      record={"checkpoint_every": 2, "probe_epochs": [0, 1, 3, 4], "angle_every": 3},
+                      noise={"activity_std": 1e-3})
+    reference = run(doc, tmp_path / "ref.zarr", progress=False)
+    store = tmp_path / "run.zarr"
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 3 * 10 + 4)
+        with pytest.raises(KeyboardInterrupt):
+            run(doc, store, progress=False)
+    prefix = open_run(store)
+    assert prefix.attrs["complete"] is False
+    assert prefix.sizes["epoch"] == 3 and prefix.sizes["step"] == 3 * 10 and list(prefix.probe_epoch) == [0, 1, 3]
+    assert ckpt_io.load(store).epochs_done == 2
+    run(doc, store, resume=True, progress=False)
+    assert_same_archive(reference, store)
+    assert "resuming" in Path(str(store) + ".log").read_text()
+
+
+def test_an_empty_output_folder_counts_as_no_store(tmp_path, tiny_config):
+    (tmp_path / "x.zarr").mkdir()
+    doc = tiny_config(data=SMALL, train={"epochs": 1}, record={"probe_epochs": [1]})
+    assert open_run(run(doc, tmp_path / "x.zarr", progress=False)).attrs["complete"] is True

@@ -30,7 +30,7 @@ from sim.rules.base import ARITHMETICS, INVERSE_METHODS
 from sim.schedule import NoiseFloor
 from sim.step_options import StepOptions
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 

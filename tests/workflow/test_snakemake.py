@@ -20,7 +20,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SNAKEFILE = REPO / "Snakefile"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -1,15 +1,19 @@
 """Fault injection (docs/reliability.md): a run killed anywhere resumes to the archive an uninterrupted run writes;
 torn checkpoints and archive chunks are detected, named and passed over; a full disk or read-only folder loses
 nothing written before; NaN/Inf anywhere in a step stops the run with step, layer and quantity named (or retries
-with a lower learning rate)."""
+with a lower learning rate). The one place for these: a SIGKILLed CLI run resumes too, and the run store's and
+checkpoint's own write errors are here with the run's."""
 
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
 import random
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -40,6 +44,7 @@ from tests.faultinject import (
     run_cli,
     truncate,
 )
+from tests.helpers import add_epoch, assert_same_archive, checkpoint_at, make_archive, write_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -206,6 +211,36 @@ def test_kill_anywhere_then_resume_gives_the_uninterrupted_archive(setup, tmp_pa
     print(f"\nkill anywhere: {kills} kill points tried, {survived} survived ({len(scenarios) + 2} scenarios)")
     assert not failures, "\n".join(failures)
     assert kills >= 50 and survived == kills
+
+
+@pytest.mark.slow  # a real process killed from outside; the fast tier resumes after a crash in tests/run/test_store.py
+def test_sigkill_mid_epoch_then_resume(tmp_path, tiny_config):
+    """A real crash: SIGKILL a CLI run in the middle of an epoch, resume it, compare with an uninterrupted run."""
+    doc = tiny_config(rules="gp", train={"epochs": 3, "batch_size": 16},
+                      record={"probe_epochs": [0, 3], "angle_every": 25})
+    cfg_path = write_config(tmp_path / "kill.yaml", doc)
+    store, log = tmp_path / "killed.zarr", tmp_path / "killed.zarr.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sim", "run", str(cfg_path), "--out", str(store), "--quiet"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while not (m := re.search(r"epoch 1/3: .*\| ([0-9.]+) s", log.read_text() if log.exists() else "")):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.01)
+        time.sleep(float(m.group(1)) / 3)  # about a third into epoch 2 (epoch 1 is committed and checkpointed)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    prefix = open_run(store)
+    assert prefix.attrs["complete"] is False, "the run finished before it was killed"
+    reference = run(cfg_path, tmp_path / "ref.zarr", progress=False)
+    assert cli(["run", str(cfg_path), "--out", str(store), "--quiet", "--resume"]) == 0
+    assert_same_archive(reference, store)
 
 
 @pytest.mark.slow
@@ -390,24 +425,71 @@ def test_failed_writes_name_what_and_where_and_lose_nothing(setup, tmp_path, cap
         assert prefix.sizes["step"] == prefix_epochs * STEPS and np.isfinite(prefix.loss.values).all()
         assert ckpt_io.load(store).epochs_done == checkpoint_epochs
     assert leftovers(store) == []
+    if fault.startswith("checkpoint.write"):  # no temp file left, and the failed write did not rotate last.pt aside
+        assert sorted(p.name for p in ckpt_io.checkpoint_path(store).parent.iterdir()) == \
+            [ckpt_io.FILENAME, ckpt_io.MANIFEST]
     assert cli(["run", str(cfg), "--out", str(store), "--quiet", "--resume"]) == 0
     assert_same(ref, store)
 
 
-def test_a_read_only_output_folder(setup, tmp_path, capsys):
-    if os.geteuid() == 0:
+def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    ckpt_io.save(tmp_path, checkpoint_at(1))
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(ArchiveError, match=r"cannot write the checkpoint .*last\.pt: No space left on device"):
+        ckpt_io.save(tmp_path, checkpoint_at(2))
+    monkeypatch.undo()
+    assert ckpt_io.load(tmp_path).step == 1
+    assert sorted(p.name for p in ckpt_io.checkpoint_path(tmp_path).parent.iterdir()) == \
+        [ckpt_io.FILENAME, ckpt_io.MANIFEST]  # no temp file left, no rotation
+
+
+def test_a_full_disk_while_appending_names_the_store(tmp_path, monkeypatch):
+    import zarr.storage._local as local
+
+    archive = make_archive(tmp_path / "a.zarr")
+    add_epoch(archive, 1)
+    archive.commit()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(local, "_put", full)
+    with pytest.raises(ArchiveError, match=r"cannot write '.*' to the run store .*a\.zarr: No space left on device"):
+        add_epoch(archive, 2)
+    monkeypatch.undo()
+    assert open_run(tmp_path / "a.zarr").sizes["epoch"] == 1  # the committed prefix is still readable
+
+
+@pytest.mark.parametrize("blocked", ["file-in-the-way", "read-only"])
+def test_an_unwritable_output_folder_is_one_error_line(setup, tmp_path, capsys, blocked):
+    """A folder the store cannot be created in: a file where the folder should be, or a read-only folder (not as
+    root, for whom chmod does not stop writes; the injected EROFS case above covers it)."""
+    if blocked == "read-only" and os.geteuid() == 0:
         pytest.skip("running as root, for whom chmod does not stop writes; the injected EROFS cases above cover it")
     cfg = setup[0]
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
+    folder = tmp_path / "out"
+    if blocked == "file-in-the-way":
+        folder.write_text("")
+        reason = ""
+    else:
+        folder.mkdir()
+        folder.chmod(0o555)
+        reason = ": Permission denied"
     try:
         assert cli(["run", str(cfg), "--out", str(folder / "run.zarr"), "--quiet",
                     "--log", str(tmp_path / "run.log")]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"error: cannot create the run store {folder / 'run.zarr'}: Permission denied")
+        assert err.startswith(f"error: cannot create the run store {folder / 'run.zarr'}{reason}"), err
     finally:
-        folder.chmod(0o755)
+        if blocked == "read-only":
+            folder.chmod(0o755)
+    # a path that is a file, or nothing, is not read as a store
+    assert read_attrs(folder) is None and read_attrs(tmp_path / "nothing") is None
 
 
 # ----- 4. numerical faults ------------------------------------------------------------------------------------------
@@ -499,6 +581,8 @@ def test_non_finite_values_stop_with_step_layer_and_quantity(setup, tmp_path, mo
     state = ckpt_io.load(store)
     assert (state.reason, state.step, state.epochs_done, state.batches_done) == ("failure", BAD_STEP, 1, 4)
     assert all(torch.isfinite(v).all() for v in state.network.values() if v.is_floating_point())
+    raw = torch.load(ckpt_io.checkpoint_path(store), weights_only=True)  # tensors and primitives only
+    assert raw["step"] == BAD_STEP
     if quantity == "activity":  # the failure checkpoint is a true resume point
         run(cfg, store, resume=True, progress=False)
         assert_same(ref, store)

@@ -1,12 +1,6 @@
-"""Conv layers (REFERENCE.md section 4): oracles first, then contracts, presets and refusals.
-
-* the target-form inverse reconstructs the forward input exactly (every kernel/stride/padding of the nets, odd and
-  even sizes, border pixels included);
-* with orthogonal M the difference-form inverse is BP's input gradient (autograd);
-* BP on conv nets equals autograd, FA with B = W equals BP, GP with orthogonal weights and small eta equals BP;
-* every pair of rules mixes across conv/conv and conv/dense boundaries;
-* the regulariser's gradient on a conv kernel equals autograd's;
-* bad shapes and too-small images are refused with messages that say what to do.
+"""Conv layers (REFERENCE.md section 4) past their oracles (tests/oracles/test_conv.py): patch coverage, the dense
+layer on a conv map, noise floors, every pair of rules mixing across conv/conv and conv/dense boundaries, the
+scheduler's regulariser, presets, and bad shapes and too-small images refused with messages that say what to do.
 """
 
 from __future__ import annotations
@@ -24,69 +18,7 @@ from sim.network import LayerSpec, NetworkConfig
 from sim.presets import IMAGENET_CONVS, conv_feature_map, conv_stack
 from sim.rules import RULES
 from sim.step_options import StepOptions
-
-F64 = torch.float64
-
-# (C, k, s, H, W): the REFERENCE section 4 cases, then every (kernel, stride) of the ImageNet net at odd and even
-# sizes (and a non-square map), so every padding split (even/odd total) is exercised.
-CASES = [
-    (3, 3, 2, 16, 16), (4, 5, 2, 15, 15), (2, 3, 1, 9, 9), (3, 9, 4, 32, 32), (2, 3, 2, 7, 7),
-    (3, 3, 2, 17, 17), (3, 3, 2, 8, 8), (4, 5, 2, 16, 16), (4, 5, 2, 9, 9), (2, 3, 1, 10, 10), (2, 3, 1, 7, 7),
-    (3, 3, 2, 12, 9), (2, 5, 2, 7, 10),
-]
-CASE_IDS = [f"C{c}k{k}s{s}H{h}W{w}" for c, k, s, h, w in CASES]
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def square_conv(c: int, k: int, s: int, h: int, w: int, *, activation=LINEAR, perturb: float = 0.0,
-                seed: int = 0) -> Conv:
-    """A float64 square conv layer; ``perturb`` > 0 makes M non-orthogonal and the bias non-zero."""
-    layer = Conv("conv", (c, h, w), max(1, c), k, s, square=True, activation=activation, dtype=F64,
-                 generator=gen(seed))
-    if perturb:
-        g = gen(seed + 1)
-        with torch.no_grad():
-            layer.weight.add_(perturb * torch.randn(layer.weight.shape, generator=g, dtype=F64))
-            layer.bias.copy_(torch.randn(layer.bias.shape, generator=g, dtype=F64))
-    return layer
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b)).item()
-
-
-# ----- exact inversion ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["lu", "inv"])
-@pytest.mark.parametrize(("c", "k", "s", "h", "w"), CASES, ids=CASE_IDS)
-def test_target_inverse_reconstructs_input(c, k, s, h, w, method):
-    layer = square_conv(c, k, s, h, w, perturb=0.1)
-    x = torch.randn(3, c, h, w, generator=gen(2), dtype=F64)
-    with torch.no_grad():
-        z = layer.preactivation(x)
-        rec = layer.inverse_target(z, layer.factorize(method), x)
-    assert rec.shape == x.shape
-    assert rel(rec, x) < 1e-6
-    assert rel(rec, x) < 1e-10  # measured 1e-15 .. 3e-12 (k9 s4, D = 243)
-    # Border pixels (covered by the fewest patches, partly by padding) are reconstructed too.
-    for border in (rec[..., 0, :] - x[..., 0, :], rec[..., -1, :] - x[..., -1, :],
-                   rec[..., :, 0] - x[..., :, 0], rec[..., :, -1] - x[..., :, -1]):
-        assert border.abs().max().item() < 1e-9
-
-
-@pytest.mark.parametrize(("c", "k", "s", "h", "w"), CASES, ids=CASE_IDS)
-def test_target_form_minus_activity_equals_difference_form(c, k, s, h, w):
-    layer = square_conv(c, k, s, h, w, perturb=0.1)
-    x = torch.randn(2, c, h, w, generator=gen(3), dtype=F64)
-    factors = layer.factorize("lu")
-    with torch.no_grad():
-        z = layer.preactivation(x)
-        v = 1e-3 * torch.randn(z.shape, generator=gen(4), dtype=F64)
-        d_target = layer.inverse_target(z + v, factors, x) - x
-        d_difference = layer.inverse(v, factors)
-    assert rel(d_target, d_difference) < 1e-9
+from tests.helpers import F64, conv_batch, gen, rel, small_imagenet, square_conv
 
 
 @pytest.mark.parametrize(("k", "s", "h", "values"), [
@@ -107,43 +39,6 @@ def test_patch_coverage(k, s, h, values):
     assert torch.equal(folded[pt: pt + h, pt: pt + h], n_x)
 
 
-# ----- messages against autograd -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["lu", "inv"])
-@pytest.mark.parametrize(("c", "k", "s", "h", "w"), CASES, ids=CASE_IDS)
-def test_difference_inverse_of_orthogonal_is_bp_input_gradient(c, k, s, h, w, method):
-    layer = square_conv(c, k, s, h, w)  # exactly orthogonal M as initialised (float64)
-    m = layer.square_matrix().detach()
-    assert torch.allclose(m @ m.T, torch.eye(m.shape[0], dtype=F64), atol=1e-12)
-    x = torch.randn(2, c, h, w, generator=gen(5), dtype=F64, requires_grad=True)
-    v = torch.randn(2, *layer.out_shape, generator=gen(6), dtype=F64)
-    (grad_x,) = torch.autograd.grad((layer(x) * v).sum(), x)
-    with torch.no_grad():
-        inv = layer.inverse(v, layer.factorize(method))
-        tr = layer.transpose(v)
-    assert inv.shape == tr.shape == x.shape
-    assert rel(tr, grad_x) < 1e-12
-    assert rel(inv, grad_x) < 1e-10
-    assert rel(inv, tr) < 1e-10
-
-
-@pytest.mark.parametrize(("c", "k", "s", "h", "w", "square"), [
-    *[(*case, True) for case in CASES],
-    (3, 9, 4, 33, 30, False), (3, 2, 3, 13, 11, False), (3, 1, 2, 8, 9, False),  # first layers, stride may > kernel
-])
-def test_transpose_feedback_local_gradients_match_autograd(c, k, s, h, w, square):
-    layer = Conv("conv", (c, h, w), 5 if not square else c, k, s, square=square, activation=LINEAR, dtype=F64,
-                 generator=gen(7))
-    x = torch.randn(2, c, h, w, generator=gen(8), dtype=F64, requires_grad=True)
-    delta = torch.randn(2, *layer.out_shape, generator=gen(9), dtype=F64)
-    gx, gw, gb = torch.autograd.grad((layer(x) * delta).sum(), (x, layer.weight, layer.bias))
-    with torch.no_grad():
-        assert torch.allclose(layer.transpose(delta), gx, rtol=1e-12, atol=1e-12)
-        assert torch.allclose(layer.feedback(delta, layer.weight), gx, rtol=1e-12, atol=1e-12)
-        grads = layer.local_gradients(x.detach(), delta)
-    assert torch.allclose(grads["weight"], gw, rtol=1e-10, atol=1e-10)
-    assert torch.allclose(grads["bias"], gb, rtol=1e-12, atol=1e-12)
-
-
 def test_dense_on_conv_map_flatten_boundary():
     """The dense output reads a (C, H, W) map: its messages come back in that shape, both directions."""
     layer = Dense("output", (4, 3, 3), 10, square=True, activation=LINEAR, dtype=F64, generator=gen(10))
@@ -160,72 +55,18 @@ def test_dense_on_conv_map_flatten_boundary():
         assert rel(layer.inverse_target(z, factors, x), x) < 1e-12
 
 
-# ----- rules on conv nets --------------------------------------------------------------------------------------------
-def batch(net: Network, n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = gen(seed)
-    x = torch.randn(n, *net.config.input_shape, generator=g, dtype=net.dtype)
-    y = torch.randint(0, net.classes, (n,), generator=g)
-    return x, y
-
-
-def small_imagenet(rules, **kw) -> Network:
-    kw.setdefault("dtype", "float64")
-    return Network(preset("imagenet_conv", rules, image_size=65, width_mult=0.25, classes=10, **kw))
-
-
-@pytest.mark.parametrize(("arithmetic", "method"), [("difference", "lu"), ("target", "lu"), ("difference", "inv")])
-def test_gp_matches_bp_on_orthogonal_conv_net(arithmetic, method):
-    settings = {"gp": RuleSettings(eta=1e-7, arithmetic=arithmetic, inverse=method)}
-    net = small_imagenet("gp", settings=settings)
-    assert all(layer.square for layer in net.layers[1:])
-    x, y = batch(net)
-    corr = compare(Scheduler(net), x, y)
-    assert max(corr.angle_deg) < 0.05, corr.angle_deg
-    for ratio in corr.norm_ratio:
-        assert abs(ratio - 1) < 1e-3
-
-
-def test_fa_with_feedback_equal_to_weights_is_bp():
-    net = small_imagenet("fa")
-    with torch.no_grad():
-        for layer, rule in zip(net.layers, net.rules, strict=True):
-            rule.feedback_weight.copy_(layer.weight)
-    x, y = batch(net)
-    corr = compare(Scheduler(net), x, y)
-    assert max(corr.angle_deg) < 1e-5, corr.angle_deg
-    for upd, ref in zip(corr.updates, corr.reference, strict=True):
-        assert torch.allclose(upd["weight"], ref["weight"], rtol=1e-9, atol=1e-12)
-        assert torch.allclose(upd["bias"], ref["bias"], rtol=1e-9, atol=1e-12)
-
-
-@pytest.mark.parametrize("name", ["imagenet", "cifar10", "odd_first_layer"])
-def test_bp_rule_equals_autograd(name):
-    if name == "imagenet":
-        net = small_imagenet("bp")
-    elif name == "cifar10":
-        net = Network(preset("cifar10_conv", "bp", width_mult=0.25, dtype="float64"))
-    else:  # a first layer whose stride exceeds its kernel, on a non-square odd image
-        net = Network(NetworkConfig(input_shape=(2, 13, 11), classes=5, rules="bp", dtype="float64",
-                                    layers=(LayerSpec(6, "conv", 2, 3), LayerSpec(4, "conv", 3, 1))))
-    x, y = batch(net)
-    corr = compare(Scheduler(net), x, y)
-    for upd, ref in zip(corr.updates, corr.reference, strict=True):
-        assert torch.allclose(upd["weight"], ref["weight"], rtol=1e-10, atol=1e-12)
-        assert torch.allclose(upd["bias"], ref["bias"], rtol=1e-10, atol=1e-12)
-
-
 def test_noise_floors_on_conv_layers():
     """Activity noise enters conv pre-activations ``[B, D, H', W']`` and BP's reference replays it; message noise
     reaches every conv layer's difference."""
     net = small_imagenet("bp")
-    x, y = batch(net)
+    x, y = conv_batch(net)
     corr = compare(Scheduler(net, noise=NoiseFloor(activity_std=0.1)), x, y)
     assert all(n is not None and n.shape[1:] == layer.out_shape
                for n, layer in zip(corr.result.forward.noise, net.layers, strict=True))
     for upd, ref in zip(corr.updates, corr.reference, strict=True):
         assert torch.allclose(upd["weight"], ref["weight"], rtol=1e-10, atol=1e-12)
     gp = small_imagenet("gp", dtype="float32")
-    result = Scheduler(gp, noise=NoiseFloor(message_std=1e-3, activity_std=1e-3)).train_step(*batch(gp))
+    result = Scheduler(gp, noise=NoiseFloor(message_std=1e-3, activity_std=1e-3)).train_step(*conv_batch(gp))
     assert math.isfinite(result.loss.item())
 
 
@@ -239,7 +80,7 @@ def test_every_pair_of_rules_mixes_across_conv_and_dense_boundaries(lower, upper
                   (lower, lower, lower, upper)):  # boundary between conv3 and the dense output
         net = Network(conv_stack((3, 12, 12), TINY_CONVS, 10, rules=rules, settings={}, dtype="float64",
                                  device="cpu", seed=1))
-        x, y = batch(net, seed=2)
+        x, y = conv_batch(net, seed=2)
         full = Scheduler(net, options=StepOptions(skip_aux=False)).compute(x, y)
         sched = Scheduler(net)
         result = sched.train_step(x, y)
@@ -264,23 +105,11 @@ def test_mixed_rules_train(arithmetic):
     sched = Scheduler(net)
     before = net.weights()
     for step in range(3):
-        x, y = batch(net, n=8, seed=step)
+        x, y = conv_batch(net, n=8, seed=step)
         result = sched.train_step(x, y)
         assert math.isfinite(result.loss.item())
     after = net.weights()
     assert all(not torch.equal(before[n], after[n]) for n in net.names)
-
-
-def test_regulariser_on_conv_kernel_equals_autograd():
-    layer = square_conv(3, 3, 2, 8, 8, perturb=0.05)
-    lam = 0.7
-    w = layer.weight.detach().clone().requires_grad_(True)
-    d = layer.patch_size
-    (auto,) = torch.autograd.grad(regularizer.penalty(w.reshape(d, d), lam), w)
-    m = layer.square_matrix().detach()
-    assert torch.allclose(m, w.detach().reshape(d, d))
-    manual = regularizer.gradient(m, lam).reshape(layer.weight.shape)
-    assert torch.allclose(manual, auto, rtol=1e-12, atol=1e-12)
 
 
 def test_scheduler_adds_conv_regulariser_gradient():
@@ -290,7 +119,7 @@ def test_scheduler_adds_conv_regulariser_gradient():
         for layer in net.layers:
             layer.weight.add_(0.01 * torch.randn(layer.weight.shape, generator=gen(13), dtype=F64))
     sched = Scheduler(net)
-    x, y = batch(net)
+    x, y = conv_batch(net)
     result = sched.compute(x, y)
     conv = net["conv3"]
     m = conv.square_matrix().detach().clone()
@@ -322,7 +151,7 @@ def test_width_mult_scales_filters():
 def test_cifar10_conv_preset():
     net = Network(preset("cifar10_conv", "gp", dtype="float64", width_mult=0.25))
     assert net.layers[-1].in_shape == (16, 4, 4) and net.layers[-1].out_shape == (256,)
-    x, y = batch(net)
+    x, y = conv_batch(net)
     corr = compare(Scheduler(net), x, y)
     assert max(corr.angle_deg) < 0.05, corr.angle_deg
     with pytest.raises(ConfigError, match="cannot hold 2000 classes"):
