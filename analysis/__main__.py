@@ -27,11 +27,12 @@ def main(argv: list[str] | None = None) -> int:
 
     matplotlib.use("Agg")
     from analysis import applicable, load_study, save, write
+    from sim.errors import GaitsimError
 
     out = args.out or args.study
     try:
         ds = load_study(args.study, on_incomplete="skip" if args.skip_incomplete else "raise")
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError, GaitsimError) as exc:  # a damaged or crafted store (ArchiveError) included
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for name in args.figure or applicable(ds):
