@@ -36,6 +36,8 @@ def main(args: argparse.Namespace) -> int:
     from sim.gpu import HELD_ENV, lease_gpu, lease_status, lock_dir
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not args.timeout >= 0:  # NaN too: a deadline of NaN would never pass
+        raise ConfigError(f"--timeout must be a number of seconds >= 0 (inf waits for ever), got {args.timeout}")
     if args.status:
         pool = lease_status()
         if not pool:
