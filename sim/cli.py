@@ -43,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a path the operating system refuses (too long, not permitted, ...): named, one line
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        what = exc.strerror or str(exc) or type(exc).__name__
+        print(f"error: {what}{where}"[:1000], file=sys.stderr)
+        return 2
     except (MemoryError, RecursionError) as exc:  # a size or depth no check foresaw: still one line, not a traceback
         print(f"error: {type(exc).__name__}: {str(exc)[:300] or 'out of memory'}; lower the sizes asked for",
               file=sys.stderr)
