@@ -497,7 +497,8 @@ def remove_store(path: Path | str) -> None:
 #: the codecs a run store is written with (and the few other plain ones zarr offers); a store whose metadata names
 #: any other (``numcodecs.pickle``, an object codec, a third-party name resolved by import) is refused before a
 #: chunk is decoded: nothing loaded is executed, whatever the installed zarr/numcodecs would do with it
-SAFE_CODECS = frozenset({"bytes", "zstd", "crc32c", "gzip", "blosc", "transpose", "sharding_indexed"})
+SAFE_CODECS = frozenset({"bytes", "zstd", "crc32c", "gzip", "blosc", "transpose", "sharding_indexed", "vlen-utf8",
+                         "vlen-bytes"})
 
 
 def unsafe_codecs(path: Path | str) -> list[str]:

@@ -34,7 +34,7 @@ class _Boom:
 
 def write_store(path: Path) -> Path:
     ds = xr.Dataset({"loss": ("step", np.linspace(2.0, 1.0, 8)), "test_top1": ("epoch", [0.5, 0.6])},
-                    coords={"step": np.arange(8), "epoch": [1, 2]},
+                    coords={"step": np.arange(8), "epoch": [1, 2], "layer": ["dense1", "output"]},
                     attrs={"config": json.dumps({"data": {"kind": "digits"}, "rules": "gp"}), "complete": True})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -43,7 +43,7 @@ ON_DIVERGE = ("fail", "keep")
 
 def run(cfg: RunConfig | dict | str | Path, out: str | Path, *, resume: bool = False, overwrite: bool = False,
         device: str | None = None, progress: bool = True, log_file: str | Path | None = None,
-        publish: bool = False, on_diverge: str = "fail") -> Path:
+        publish: bool = False, on_diverge: str = "fail", allow_change: tuple[str, ...] = ()) -> Path:
     """Train one run and write its zarr store at ``out``; returns ``out`` as a Path.
 
     Args:
@@ -61,6 +61,10 @@ def run(cfg: RunConfig | dict | str | Path, out: str | Path, *, resume: bool = F
             workflow job does. A published ``out`` is left as it is with ``resume``, replaced with ``overwrite``.
         on_diverge: ``fail`` (a NaN/Inf or singular layer raises) or ``keep`` (the run's prefix gets the attribute
             ``diverged``, the error message, and counts as a result: returned, and published with ``publish``).
+        allow_change: with ``resume``, config keys that may differ from the store's (only those of
+            :data:`sim.run.store.CHANGEABLE`, e.g. ``settings.gp.lr`` to continue a diverged run with a lower
+            learning rate); each change is logged and recorded in the store's attribute ``changes`` (JSON: step,
+            key, old, new), and the store's ``config`` becomes the new one.
     """
     if not isinstance(cfg, RunConfig):
         cfg = load_config(cfg)
@@ -68,11 +72,15 @@ def run(cfg: RunConfig | dict | str | Path, out: str | Path, *, resume: bool = F
         cfg = cfg.with_device(device)
     if resume and overwrite:
         raise ConfigError("pass either --resume or --overwrite, not both")
+    allow_change = tuple(allow_change)
+    if allow_change and not resume:
+        raise ConfigError("--allow-change only applies with --resume (a fresh run has nothing to differ from)")
+    store.check_allow_change(allow_change)
     if on_diverge not in ON_DIVERGE:
         raise ConfigError(f"on_diverge must be one of {', '.join(ON_DIVERGE)}, got {on_diverge!r}")
     cfg.data.spec()  # e.g. data.path still null: refuse before anything is built
     out = Path(out)
-    plan = store.plan(cfg, out, resume=resume, overwrite=overwrite, publish=publish)
+    plan = store.plan(cfg, out, resume=resume, overwrite=overwrite, publish=publish, allow=allow_change)
     if plan.done and plan.path == out:
         if progress:
             what = "published as a diverged run" if plan.diverged else "complete"
@@ -81,7 +89,8 @@ def run(cfg: RunConfig | dict | str | Path, out: str | Path, *, resume: bool = F
     with logging_to(Path(log_file) if log_file else default_log_path(out), append=plan.append_log,
                     to_stderr=progress):
         if not plan.done:
-            checkpoint, archive = recovery.resume_point(cfg, plan.path) if plan.continuing else (None, None)
+            checkpoint, archive = (recovery.resume_point(cfg, plan.path, allow_change) if plan.continuing
+                                   else (None, None))
             try:
                 loop.train(cfg, plan.path, checkpoint, archive, progress=progress, resume=plan.continuing,
                            keep_diverged=on_diverge == "keep")

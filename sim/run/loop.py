@@ -45,6 +45,9 @@ class RunState:
     rec: Recorder
     retries: list[dict] = field(default_factory=list)
     last_test_top1: float = math.nan
+    first_loss: float = math.nan
+    """The training loss after the first epoch this process trained (the reference of :func:`warn_exploding`)."""
+    loss_warned: bool = False
 
 
 def train(cfg: RunConfig, out: Path, checkpoint: ckpt_io.Checkpoint | None, archive: RunArchive | None, *,
@@ -73,7 +76,7 @@ def train(cfg: RunConfig, out: Path, checkpoint: ckpt_io.Checkpoint | None, arch
             raise ArchiveError(f"{out} holds layers {archive.layers}, the network has {net.names}")
         run = RunState(cfg, out, net, sched, data, Recorder(archive, net, data.probe, n, cfg.train.step.checks))
         recovery.restore(run, checkpoint)
-        run.rec.commit(device=str(net.device))
+        run.rec.commit(device=str(net.device), **recovery.record_changes(run, checkpoint))
         epochs_done, batches_done = checkpoint.epochs_done, checkpoint.batches_done
         log.info(f"resuming {out} at step {checkpoint.step} (epoch {epochs_done + 1}, batch {batches_done}) on "
                  f"{net.device}")
@@ -174,6 +177,7 @@ def train_epoch(run: RunState, epoch: int, start: int, bar: tqdm | None) -> None
     rec.commit()
     faults.hit("train.epoch")
     run.last_test_top1 = m_test.top1
+    warn_exploding(run, epoch, m_train.loss)
     log.info(f"epoch {epoch}/{cfg.train.epochs}: train top1 {m_train.top1:.4f} loss {m_train.loss:.4f} | "
              f"test top1 {m_test.top1:.4f} top5 {m_test.top5:.4f} loss {m_test.loss:.4f} | "
              f"mean angle {rec.mean_angle(start, end):.2f} deg | {wall:.1f} s")
@@ -182,3 +186,28 @@ def train_epoch(run: RunState, epoch: int, start: int, bar: tqdm | None) -> None
         recovery.save_checkpoint(run, epoch, 0, "final" if epoch == cfg.train.epochs else "scheduled")
     if bar is not None:
         bar.set_postfix(loss=f"{m_train.loss:.4f}", acc=f"{m_test.top1:.3f}", angle=f"{rec.last_angle:.2f}")
+
+
+#: a training loss above this (cross-entropy: ln(classes) ~ 2.3 at chance), or above ``LOSS_GROWTH`` times the first
+#: epoch's, means the run has blown up even though every number is finite
+LOSS_BOUND = 1e4
+LOSS_GROWTH = 1e6
+
+
+def warn_exploding(run: RunState, epoch: int, loss: float) -> None:
+    """Log a warning (once per run) when the epoch's training loss explodes: finite, so the run goes on, but its
+    results mean nothing (BP or FA at lr 1e3 end with losses of 1e15-1e20)."""
+    if math.isnan(run.first_loss):
+        run.first_loss = loss
+    if run.loss_warned or not math.isfinite(loss):
+        return
+    grew = math.isfinite(run.first_loss) and run.first_loss > 0 and loss > LOSS_GROWTH * run.first_loss
+    if loss > LOSS_BOUND or grew:
+        run.loss_warned = True
+        lrs = ", ".join(f"{rule.name} lr {rule.settings.lr:g}" for rule in
+                        {r.name: r for r in run.net.rules}.values())
+        log.warning(f"the training loss exploded: {loss:.3g} after epoch {epoch} (first epoch: {run.first_loss:.3g}; "
+                    f"above {LOSS_BOUND:g} or {LOSS_GROWTH:g} x the first epoch's). The run goes on, but its "
+                    f"results are not meaningful: lower the learning rate ({lrs}) and start over with --overwrite, "
+                    "or continue from a checkpoint before the blow-up with --resume --allow-change "
+                    "settings.<rule>.lr")

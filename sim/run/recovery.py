@@ -22,7 +22,7 @@ from sim.config import RunConfig
 from sim.errors import GaitsimError, NonFiniteError, SingularLayerError
 from sim.network import Network
 from sim.run.log import log
-from sim.run.store import check_same_config
+from sim.run.store import check_same_config, config_changes
 
 if TYPE_CHECKING:
     from sim.run.loop import RunState
@@ -84,6 +84,10 @@ def restore(run: RunState, checkpoint: ckpt_io.Checkpoint) -> None:
     the rows it keeps (not yet committed)."""
     run.net.load_state_dict(checkpoint.network)
     run.sched.load_state_dict(checkpoint.scheduler)
+    # the learning rates are the config's (an allowed change on resume), scaled as the retries so far did
+    scale = run.cfg.train.retry_lr_factor ** len(checkpoint.retries)
+    for group, rule in zip(run.sched.optimizer.param_groups, run.net.rules):
+        group["lr"] = rule.settings.lr * scale
     torch.set_rng_state(checkpoint.torch_rng)
     ckpt_io.set_numpy_rng_state(checkpoint.numpy_rng)
     run.retries = list(checkpoint.retries)
@@ -91,7 +95,22 @@ def restore(run: RunState, checkpoint: ckpt_io.Checkpoint) -> None:
     run.rec.archive.truncate(checkpoint.lengths)
 
 
-def resume_point(cfg: RunConfig, out: Path) -> tuple[ckpt_io.Checkpoint | None, RunArchive | None]:
+def record_changes(run: RunState, checkpoint: ckpt_io.Checkpoint) -> dict[str, str]:
+    """The attributes that record an allowed config change on resume (``--allow-change``): ``changes`` (JSON list of
+    step, key, old, new; earlier changes kept) and the new ``config``; {} when nothing changed. Each is logged."""
+    changes = config_changes(checkpoint.config_json, run.cfg)
+    if not changes:
+        return {}
+    before = json.loads(run.rec.archive.attrs.get("changes") or "[]")
+    new = [{"step": int(checkpoint.step), "key": k, "old": old, "new": value} for k, (old, value) in changes.items()]
+    for c in new:
+        log.warning(f"resuming at step {c['step']} with {c['key']} changed from {c['old']!r} to {c['new']!r} "
+                    "(--allow-change; recorded in the store's attribute 'changes')")
+    return {"changes": json.dumps(before + new), "config": run.cfg.to_json()}
+
+
+def resume_point(cfg: RunConfig, out: Path, allow: tuple[str, ...] = ()
+                 ) -> tuple[ckpt_io.Checkpoint | None, RunArchive | None]:
     """The newest intact checkpoint of ``out`` whose archive rows are intact, and the opened archive.
 
     Damaged files are logged with their paths and passed over for the previous checkpoint; None if the store has
@@ -104,7 +123,7 @@ def resume_point(cfg: RunConfig, out: Path) -> tuple[ckpt_io.Checkpoint | None, 
             problems.append(cand.problem)
             continue
         checkpoint = cand.checkpoint
-        check_same_config(checkpoint.config_json, cfg, out)
+        check_same_config(checkpoint.config_json, cfg, out, allow)
         archive = archive or RunArchive.open(out)
         damaged = archive.verify(checkpoint.lengths, checkpoint.digests)
         if damaged:
