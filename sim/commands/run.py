@@ -87,7 +87,7 @@ def main(args: argparse.Namespace) -> int:
         with stop_on_signals():
             return _main(args)
     except Stopped as exc:
-        again = shlex.join([sys.executable, "-m", "sim", "run", args.config, "--out", args.out, "--resume",
+        again = shlex.join(["python", "-m", "sim", "run", args.config, "--out", args.out, "--resume",
                             *(["--publish"] if args.publish else []), *(["--log", args.log] if args.log else [])])
         print(f"error: the run was stopped by {exc.signame} (terminated or pre-empted); everything up to its last "
               f"checkpoint is kept in {args.out}. Continue it with: {again}", file=sys.stderr)

@@ -94,7 +94,7 @@ def check_same_config(stored_json: str, cfg: RunConfig, out: Path, allow: tuple[
         keys = [d.split(":", 1)[0] for d in diffs]
         hint = ""
         if all(any(_matches(k, c) for c in CHANGEABLE) for k in keys):
-            hint = f", or allow the change with --resume --allow-change {','.join(keys)}"
+            hint = f", allow the change with --resume --allow-change {','.join(keys)},"
         raise ConfigError(f"cannot resume {out}: it was started with a different config ({'; '.join(diffs[:8])}"
                           f"{'; ...' if len(diffs) > 8 else ''}); resume with the same config{hint} or pass "
                           "--overwrite")
