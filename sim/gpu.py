@@ -327,8 +327,8 @@ def _ensure_dir(path: Path) -> None:
     if stat.S_ISLNK(link.st_mode) and link.st_uid not in (0, os.getuid()):
         raise GpuLeaseError(f"the GPU lock folder {path} is a symbolic link of another user; refused. Set "
                             "GAITSIM_GPU_LOCK_DIR to a folder of yours")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX \
-            and st.st_uid not in (0, os.getuid()) or st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+    others_write = st.st_mode & stat.S_IWOTH or st.st_mode & stat.S_IWGRP and st.st_uid not in (0, os.getuid())
+    if others_write and not st.st_mode & stat.S_ISVTX:
         raise GpuLeaseError(f"the GPU lock folder {path} may be written by others but has no sticky bit, so anyone "
                             "could swap its lock files; `chmod +t` it, or set GAITSIM_GPU_LOCK_DIR to a folder of "
                             "yours")
