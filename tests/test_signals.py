@@ -17,7 +17,7 @@ CONFIG = """\
 network: {preset: digits_shallow}
 rules: bp
 data: {kind: digits}
-train: {epochs: 40, batch_size: 64, seed: 0}
+train: {epochs: 10, batch_size: 64, seed: 0}
 record: {angle_every: 0, probe_size: 4, probe_epochs: [], checkpoint_every: 1}
 """
 
@@ -36,7 +36,7 @@ def test_signal_stops_the_run_with_a_message_and_a_log_line(tmp_path, sig):
     proc = subprocess.Popen([sys.executable, "-m", "sim", "run", str(cfg), "--out", str(out), "--quiet"],
                             cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while not (log.exists() and "epoch 1/40" in log.read_text()):
+    while not (log.exists() and "epoch 1/10" in log.read_text()):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.1)
