@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("always", DamagedStoreWarning)
             ds = load_study(args.study, on_incomplete="skip" if args.skip_incomplete else "raise",
                             include_partial=args.partial, description=args.description, verify=not args.no_verify)
-    except (ValueError, FileNotFoundError, GaitsimError) as exc:
+    except (ValueError, OSError, GaitsimError) as exc:  # a damaged or crafted store (ArchiveError) included
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for w in caught:  # damaged (and, with --skip-incomplete, incomplete) stores left out: one warning each

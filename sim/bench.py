@@ -65,6 +65,7 @@ from torch import Tensor
 from sim import regularizer
 from sim.config import RunConfig, build_network, build_scheduler, load_config, validate_config
 from sim.errors import ConfigError
+from sim.memory import check_fits
 from sim.network import Network, resolve_device
 from sim.presets import PRESETS, preset
 from sim.rules import get_rule
@@ -235,6 +236,7 @@ def build_case(opts: BenchOptions, case: Case, base: RunConfig | None = None
     """A fresh network and scheduler for ``case`` from its run config (:func:`case_config`), a random batch on its
     device, and the config."""
     cfg = case_config(base or base_config(opts), case)
+    check_fits(cfg.network_config(), cfg.train.batch_size, cfg.train.device, "--batch, --width-mult or --image-size")
     net = build_network(cfg)
     sched = build_scheduler(cfg, net)
     g = torch.Generator().manual_seed(cfg.train.seed)
@@ -421,8 +423,12 @@ def validate(opts: BenchOptions) -> RunConfig:
     for name in ("batch", "steps", "repeats"):
         if getattr(opts, name) is not None and getattr(opts, name) < 1:
             raise ConfigError(f"--{name} must be at least 1, got {getattr(opts, name)}")
-    if opts.threads is not None and opts.threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {opts.threads}")
+    for name, most in (("steps", MAX_STEPS), ("repeats", MAX_REPEATS), ("warmup", MAX_STEPS)):
+        if getattr(opts, name) > most:
+            raise ConfigError(f"--{name} must be at most {most:,} (a benchmark, not a run), got {getattr(opts, name)}")
+    if opts.threads is not None and not 1 <= opts.threads <= max_threads():
+        raise ConfigError(f"--threads must be between 1 and {max_threads()} (4 x the {os.cpu_count()} cores: more "
+                          f"only oversubscribes them, and torch crashes at huge counts), got {opts.threads}")
     if opts.warmup < 0:
         raise ConfigError(f"--warmup must be >= 0, got {opts.warmup}")
     if opts.dtype not in (None, "float32", "float64"):
@@ -437,6 +443,16 @@ def validate(opts: BenchOptions) -> RunConfig:
         raise ConfigError(f"--steps ({opts.steps}) must be a multiple of ortho_every ({every}), so that every timed "
                           "repeat holds the same share of steps with the regulariser")
     return base
+
+
+#: bounds of the timed loop: beyond them a typo (an extra zero or ten) would run for days
+MAX_STEPS = 100_000
+MAX_REPEATS = 1_000
+
+
+def max_threads() -> int:
+    """The most CPU threads ``--threads`` may ask for: 4 per core (torch's thread pool segfaults at ~100,000)."""
+    return 4 * (os.cpu_count() or 1)
 
 
 def run(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> list[dict]:

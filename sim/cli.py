@@ -47,6 +47,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a path the operating system refuses (too long, not permitted, ...): named, one line
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        what = exc.strerror or str(exc) or type(exc).__name__
+        print(f"error: {what}{where}"[:1000], file=sys.stderr)
+        return 2
+    except (MemoryError, RecursionError) as exc:  # a size or depth no check foresaw: still one line, not a traceback
+        print(f"error: {type(exc).__name__}: {str(exc)[:300] or 'out of memory'}; lower the sizes asked for",
+              file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if type(exc).__name__ != "OutOfMemoryError" and "allocate" not in str(exc):
+            raise
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        print(f"error: out of memory ({first}); lower the batch size or the network's widths", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

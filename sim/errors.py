@@ -52,3 +52,16 @@ class NonFiniteError(GaitsimError, ArithmeticError):
         self.step = step
         self.layer = layer
         self.quantity = quantity
+
+
+class Stopped(KeyboardInterrupt):
+    """A run stopped by a signal (``SIGTERM``: a scheduler's pre-emption or ``kill``; ``SIGHUP``: the terminal
+    closed), raised by the handler ``python -m sim run`` installs, so the run unwinds as on Ctrl-C: the log gets a
+    line naming the signal and the command line says how to resume."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = int(signum)
+        self.signame = signal.Signals(signum).name
+        super().__init__(self.signame)

@@ -12,17 +12,30 @@ How a lease works:
 * **The pool** of candidate devices is, in this order: ``GAITSIM_GPU_POOL`` (comma-separated ids, e.g. ``0,1,2,3``;
   empty = no GPU; injectable for tests), else the entries of an existing ``CUDA_VISIBLE_DEVICES`` (we lease among
   those only), else the GPUs ``nvidia-smi -L`` lists. None of these initialises CUDA.
+* **One identity per GPU**: a GPU named by index (``0``) and by UUID (``GPU-8c1f...``, or a unique prefix, as
+  CUDA accepts) is one device: ids are normalised to the UUID ``nvidia-smi -L`` lists before the lock file is named,
+  so two jobs naming one GPU in two ways never both get it. (Without ``nvidia-smi`` ids are taken as given.)
 * **A cluster allocation is used as is**: inside a SLURM job (``SLURM_JOB_ID`` set) that was given GPUs
   (``CUDA_VISIBLE_DEVICES`` set by SLURM), the allocation is the job's alone; nothing is locked or changed.
 * **One lock file per device** in the lock folder (``GAITSIM_GPU_LOCK_DIR``, default ``$XDG_RUNTIME_DIR/gaitsim-gpu-
   locks`` or ``/tmp/gaitsim-gpu-locks``), taken with ``fcntl.flock(LOCK_EX | LOCK_NB)`` and held for the life of the
   process. The kernel drops the lock when the descriptor closes, so a process that dies, even by SIGKILL, frees its
-  GPU; there is no stale-lock cleanup to get wrong. The descriptor is close-on-exec (commands started with ``exec``
+  GPU; there is no stale-lock cleanup to get wrong. The lock folder may be shared by every user of the machine
+  (world-writable with the sticky bit, like ``/tmp``), so nothing in it is trusted: lock files are opened with
+  ``O_NOFOLLOW`` (a symlink planted at a lock path is refused, never followed), a lock path that is not a regular
+  file with one link is refused, a lock file is written to (the holder's pid) only when it is the caller's own, and a
+  folder that others may write to without the sticky bit (so they could swap lock files) is refused. A lock file
+  deleted or replaced while it was being taken is noticed (its inode is compared after ``flock``) and taken again;
+  :meth:`Lease.verify` notices one deleted while held and re-creates it (``python -m sim lease`` checks every
+  second while its command runs). The descriptor is close-on-exec (commands started with ``exec``
   do not inherit it); processes *forked* from the holder (e.g. DataLoader workers) share it, so the GPU stays leased
   while any of them lives.
 * **CUDA_VISIBLE_DEVICES is set to the leased device** before torch initialises CUDA, so the process sees exactly
   one GPU, ``cuda:0``. If CUDA is already initialised in this process the lease is refused (the setting would be
   ignored and the process would silently share GPU 0).
+* **No nested leases**: a process that holds a lease that set its ``CUDA_VISIBLE_DEVICES``, or a child started
+  under one (``GAITSIM_GPU_LEASE``, set by the holder), is refused a second lease at once (it would otherwise wait
+  the whole timeout for the lock its own parent holds): it already runs on its leased GPU, ``cuda:0``.
 * **No GPU, no wait**: an empty pool gives a CPU lease (``device == 'cpu'``) unless ``require_gpu`` is set. When every
   GPU is leased, ``lease_gpu`` polls until one is freed or ``timeout`` seconds pass (then ``GpuLeaseTimeout``, or
   the CPU with ``fallback_cpu=True``).
@@ -37,6 +50,7 @@ import fcntl
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -48,6 +62,9 @@ from sim.errors import GaitsimError
 POOL_ENV = "GAITSIM_GPU_POOL"
 LOCK_DIR_ENV = "GAITSIM_GPU_LOCK_DIR"
 VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
+#: set by a lease that pins a process (and its children) to a GPU: ``PID:DEVICE``; a lease asked for under it is
+#: refused at once
+HELD_ENV = "GAITSIM_GPU_LEASE"
 
 
 class GpuLeaseError(GaitsimError, RuntimeError):
@@ -63,8 +80,9 @@ def _split_ids(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _nvidia_smi_ids() -> list[str]:
-    """GPU indices listed by ``nvidia-smi -L`` (``GPU 0: NVIDIA H100 ... (UUID: GPU-...)``); [] without it."""
+def _nvidia_smi_list() -> list[tuple[str, str | None]]:
+    """``(index, UUID or None)`` of every GPU ``nvidia-smi -L`` lists (``GPU 0: NVIDIA H100 ... (UUID: GPU-...)``);
+    [] without it."""
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return []
@@ -74,7 +92,30 @@ def _nvidia_smi_ids() -> list[str]:
         return []
     if out.returncode != 0:
         return []
-    return [m.group(1) for m in re.finditer(r"^GPU (\d+):", out.stdout, flags=re.MULTILINE)]
+    return [(m.group(1), m.group(2)) for m in
+            re.finditer(r"^GPU (\d+):[^\n]*?(?:\(UUID: ([^)\s]+)\))?[ \t]*$", out.stdout, flags=re.MULTILINE)]
+
+
+def _nvidia_smi_ids() -> list[str]:
+    """GPU indices listed by ``nvidia-smi -L``; [] without it."""
+    return [index for index, _ in _nvidia_smi_list()]
+
+
+def canonical_ids(ids: list[str], gpus: list[tuple[str, str | None]] | None = None) -> list[str]:
+    """One identity per device: each id (an index, a UUID or a unique UUID prefix, as ``CUDA_VISIBLE_DEVICES``
+    takes them) as the full UUID ``nvidia-smi -L`` lists for it (``gpus``, read when not given); an id it does not
+    resolve is kept as given."""
+    gpus = _nvidia_smi_list() if gpus is None else gpus
+    by_index = {index: uuid for index, uuid in gpus if uuid}
+    uuids = [uuid for _, uuid in gpus if uuid]
+    out = []
+    for device_id in ids:
+        if device_id in by_index:
+            out.append(by_index[device_id])
+            continue
+        matches = [u for u in uuids if u.startswith(device_id)] if not device_id.isdigit() else []
+        out.append(matches[0] if len(matches) == 1 else device_id)
+    return out
 
 
 def in_cluster_allocation(env: dict[str, str] | None = None) -> bool:
@@ -137,7 +178,10 @@ class Lease:
     """The lock file held (None for the CPU and for a cluster allocation)."""
     source: str = "cpu"
     """Where the device came from: 'pool' (locked), 'cluster' (SLURM allocation, used as is) or 'cpu'."""
+    key: str | None = None
+    """The device's identity the lock file is named after (its UUID where ``nvidia-smi`` tells it)."""
     _fd: int | None = field(default=None, repr=False)
+    _marked: bool = field(default=False, repr=False)
 
     @property
     def fd(self) -> int | None:
@@ -151,9 +195,36 @@ class Lease:
             return {VISIBLE_ENV: ""}
         return {VISIBLE_ENV: os.environ.get(VISIBLE_ENV, "") if self.source == "cluster" else self.physical_id}
 
+    def verify(self) -> str | None:
+        """Check that the lock file is still the one this lease holds; None if so (or nothing is locked).
+
+        If the lock file was deleted or replaced (by hand, or a cleaner of the lock folder), another job could lock
+        a new file at the same path and take the same GPU: the lease re-creates and locks it, and returns a message
+        saying so; if another process took it meanwhile, the message says the GPU may now be shared."""
+        if self._fd is None or self.lock_path is None:
+            return None
+        if _same_file(self._fd, self.lock_path):
+            return None
+        fd = _try_lock(self.lock_path)
+        if fd is None:
+            return (f"the lock file {self.lock_path} of GPU {self.physical_id} was deleted or replaced while leased, "
+                    "and another process has locked the new one: the GPU may now be shared by two jobs. Do not "
+                    "delete files in the lock folder while jobs run")
+        old, self._fd = self._fd, fd
+        _held.pop(old, None)
+        _held[fd] = self.physical_id or ""
+        os.close(old)
+        return (f"the lock file {self.lock_path} of GPU {self.physical_id} was deleted or replaced while leased; "
+                "re-created and locked it again")
+
     def release(self) -> None:
         """Give the GPU back (idempotent)."""
+        if self._marked:
+            self._marked = False
+            if os.environ.get(HELD_ENV, "").startswith(f"{os.getpid()}:"):
+                del os.environ[HELD_ENV]
         if self._fd is not None:
+            _held.pop(self._fd, None)
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             finally:
@@ -173,40 +244,113 @@ class Lease:
             pass
 
 
+#: descriptors of the leases this process holds -> device id (to refuse a nested lease at once)
+_held: dict[int, str] = {}
+
+
 def _open_lock(path: Path) -> int:
-    flags = os.O_CREAT | os.O_CLOEXEC
+    """Open (creating it if needed) the lock file ``path`` without following a link, and check that it is a
+    regular file with one link; GpuLeaseError otherwise (the folder is shared: anything could be planted there)."""
+    flags = os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # O_NONBLOCK: a planted FIFO cannot hang us
     try:
-        fd = os.open(path, flags | os.O_RDWR, 0o666)
-    except PermissionError:  # another user's lock file: flock works on a read-only descriptor too
-        fd = os.open(path, flags | os.O_RDONLY)
+        try:
+            fd = os.open(path, flags | os.O_RDWR, 0o644)
+        except PermissionError:  # another user's lock file: flock works on a read-only descriptor too
+            fd = os.open(path, (flags & ~os.O_CREAT) | os.O_RDONLY)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise GpuLeaseError(f"the GPU lock path {path} is a symbolic link; refused, not followed (someone may "
+                                "have planted it). Remove it, or set GAITSIM_GPU_LOCK_DIR to a folder of "
+                                "yours") from None
+        raise GpuLeaseError(f"cannot open the GPU lock file {path}: {exc.strerror}; set GAITSIM_GPU_LOCK_DIR to a "
+                            "writable folder") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        what = "is not a regular file" if not stat.S_ISREG(st.st_mode) else f"has {st.st_nlink} hard links"
+        raise GpuLeaseError(f"the GPU lock path {path} {what}; refused (a lock file is a regular file with one "
+                            "link). Remove it, or set GAITSIM_GPU_LOCK_DIR to a folder of yours")
     return fd
 
 
-def _try_lock(path: Path) -> int | None:
-    fd = _open_lock(path)
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` is still the file open as ``fd`` (not deleted, not replaced)."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return None
-        raise
-    try:  # who holds it, for `python -m sim lease --status` and for people reading the folder
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        st = os.lstat(path)
     except OSError:
-        pass
+        return False
+    held = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino) and held.st_nlink > 0
+
+
+def _try_lock(path: Path) -> int | None:
+    for _ in range(8):  # the file was deleted or replaced between open and flock: take the new one
+        fd = _open_lock(path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return None
+            raise
+        if _same_file(fd, path):
+            break
+        os.close(fd)
+    else:
+        return None
+    if os.fstat(fd).st_uid == os.getuid():
+        try:  # who holds it, for `python -m sim lease --status` and for people reading the folder
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass
     return fd
 
 
 def _ensure_dir(path: Path) -> None:
-    if path.is_dir():
-        return
-    path.mkdir(parents=True, exist_ok=True)
-    try:  # shared by every user of the machine: world-writable and sticky, like /tmp
-        os.chmod(path, 0o1777)
-    except OSError:
-        pass
+    """Create the lock folder (shared by every user of the machine: world-writable and sticky, like /tmp), and
+    refuse one that is not a folder or that others may write to without the sticky bit."""
+    if not path.is_dir():
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            os.chmod(path, 0o1777)
+        except OSError:
+            pass
+    try:
+        st = os.stat(path)
+        link = os.lstat(path)
+    except OSError as exc:
+        raise GpuLeaseError(f"cannot create the GPU lock folder {path}: {exc.strerror}; set GAITSIM_GPU_LOCK_DIR "
+                            "to a writable folder") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise GpuLeaseError(f"the GPU lock folder {path} is not a folder; set GAITSIM_GPU_LOCK_DIR to a folder")
+    if stat.S_ISLNK(link.st_mode) and link.st_uid not in (0, os.getuid()):
+        raise GpuLeaseError(f"the GPU lock folder {path} is a symbolic link of another user; refused. Set "
+                            "GAITSIM_GPU_LOCK_DIR to a folder of yours")
+    others_write = st.st_mode & stat.S_IWOTH or st.st_mode & stat.S_IWGRP and st.st_uid not in (0, os.getuid())
+    if others_write and not st.st_mode & stat.S_ISVTX:
+        raise GpuLeaseError(f"the GPU lock folder {path} may be written by others but has no sticky bit, so anyone "
+                            "could swap its lock files; `chmod +t` it, or set GAITSIM_GPU_LOCK_DIR to a folder of "
+                            "yours")
+
+
+def _refuse_nested(env) -> None:
+    """A lease asked for by a process that holds one pinning it, or by a child started under one: refused."""
+    for device_id in list(_held.values()):
+        if device_id and os.environ.get(HELD_ENV) == f"{os.getpid()}:{device_id}":
+            raise GpuLeaseError(f"this process already holds a lease of GPU {device_id} (CUDA_VISIBLE_DEVICES "
+                                "points at it, as cuda:0); use that lease instead of taking a second one")
+    marker = env.get(HELD_ENV, "")
+    pid, _, device_id = marker.partition(":")
+    if pid.isdigit() and int(pid) != os.getpid():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return  # a stale marker: its holder is gone
+        except PermissionError:
+            pass
+        raise GpuLeaseError(f"this process runs under a GPU lease already (GPU {device_id or '-'}, held by pid {pid}, "
+                            f"{HELD_ENV}); it is pinned to that GPU, cuda:0: run without a second lease")
 
 
 def lease_gpu(timeout: float | None = 600.0, *, require_gpu: bool = False, fallback_cpu: bool = False,
@@ -237,6 +381,7 @@ def lease_gpu(timeout: float | None = 600.0, *, require_gpu: bool = False, fallb
                 "no GPU to lease: nvidia-smi lists none and neither GAITSIM_GPU_POOL nor CUDA_VISIBLE_DEVICES names "
                 "one; run on a GPU machine, or set the study's device to cpu or auto")
         return Lease(device="cpu", physical_id=None)
+    _refuse_nested(env)
     if set_env and _cuda_initialized():
         raise GpuLeaseError("CUDA is already initialised in this process, so CUDA_VISIBLE_DEVICES can no longer "
                             "choose its GPU; take the lease before anything touches torch.cuda")
@@ -244,16 +389,23 @@ def lease_gpu(timeout: float | None = 600.0, *, require_gpu: bool = False, fallb
     _ensure_dir(folder)
     deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
     # start at a per-process offset so that simultaneous jobs try different devices first
-    start = os.getpid() % len(pool)
-    order = pool[start:] + pool[:start]
+    keys = canonical_ids(pool)
+    unique = {key: device_id for device_id, key in reversed(list(zip(pool, keys)))}  # one entry per device
+    devices = [(key, unique[key]) for key in dict.fromkeys(keys)]
+    start = os.getpid() % len(devices)
+    order = devices[start:] + devices[:start]
     while True:
-        for device_id in order:
-            path = folder / _lock_name(device_id)
+        for key, device_id in order:
+            path = folder / _lock_name(key)
             fd = _try_lock(path)
             if fd is not None:
+                _held[fd] = device_id
+                lease = Lease(device="cuda:0", physical_id=device_id, lock_path=path, source="pool", key=key, _fd=fd)
                 if set_env:
                     os.environ[VISIBLE_ENV] = device_id
-                return Lease(device="cuda:0", physical_id=device_id, lock_path=path, source="pool", _fd=fd)
+                    os.environ[HELD_ENV] = f"{os.getpid()}:{device_id}"
+                    lease._marked = True
+                return lease
         if deadline is not None and time.monotonic() >= deadline:
             if fallback_cpu:
                 if set_env:
@@ -271,17 +423,18 @@ def lease_status(env: dict[str, str] | None = None) -> list[tuple[str, int | Non
     env = os.environ if env is None else env
     folder = lock_dir(env)
     out: list[tuple[str, int | None]] = []
-    for device_id in gpu_pool(env):
-        path = folder / _lock_name(device_id)
+    pool = gpu_pool(env)
+    for device_id, key in zip(pool, canonical_ids(pool)):
+        path = folder / _lock_name(key)
         holder = None
-        if path.exists():
+        if path.is_file() and not path.is_symlink():
             fd = _open_lock(path)
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
                     fcntl.flock(fd, fcntl.LOCK_UN)
                 except OSError:
-                    text = path.read_text(errors="replace").strip()
+                    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
                     holder = int(text) if text.isdigit() else -1
             finally:
                 os.close(fd)

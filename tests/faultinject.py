@@ -516,6 +516,116 @@ def _():
     raise AssertionError("accepted")
 
 
+# issue 14, parts 5-7: inputs the CLI once met with a traceback, a hang or silence
+def _machine(text: str) -> str:
+    """Figures that depend on the machine (free memory, core count) as N."""
+    text = re.sub(r"only [0-9.e+]+ GiB is free", "only N GiB is free", text)
+    return re.sub(r"between 1 and \d+ \(4 x the \d+ cores", "between 1 and 4N (4 x the N cores", text)
+
+
+@bad_input("cli-deep-yaml", "a config nested 5,000 levels deep (`a: [[[[...]]]]`)")
+def _():
+    Path("deep.yaml").write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    return _cli("run", "deep.yaml", "--out", "run.zarr")
+
+
+@bad_input("cli-fifo", "a config path that is a FIFO (`mkfifo run.yaml`): it used to hang")
+def _():
+    os.mkfifo("run.yaml")
+    return _cli("run", "run.yaml", "--out", "run.zarr")
+
+
+bad_input("cli-angles-batch", "`angles --batch 1000000000` (N: the free memory of the machine)")(
+    lambda: _machine(_cli("angles", "--net", "digits_deep", "--rule", "gp", "--batch", "1000000000")))
+bad_input("cli-width-mult", "`angles --net imagenet_conv --width-mult 1000000`")(
+    lambda: _cli("angles", "--net", "imagenet_conv", "--rule", "gp", "--width-mult", "1000000"))
+bad_input("cli-width-mult-fits", "`bench --net cifar10_conv --width-mult 1000` (N: the free memory)")(
+    lambda: _machine(_cli("bench", "--net", "cifar10_conv", "--rules", "bp", "--width-mult", "1000")))
+bad_input("cli-seed-negative", "`angles --seed -1` (and `bench`)")(
+    lambda: _cli("angles", "--net", "digits_deep", "--rule", "gp", "--seed", "-1"))
+bad_input("cli-seed-huge", "`bench --seed 18446744073709551616`")(
+    lambda: _cli("bench", "--net", "digits_deep", "--rules", "bp", "--seed", "18446744073709551616"))
+bad_input("cli-device-meta", "`angles --device meta`")(
+    lambda: _cli("angles", "--net", "digits_deep", "--rule", "gp", "--device", "meta"))
+bad_input("cli-threads", "`bench --threads 100000` (it used to segfault; N: the core count)")(
+    lambda: _machine(_cli("bench", "--net", "digits_deep", "--rules", "bp", "--threads", "100000")))
+bad_input("cli-long-path", "a path the operating system refuses: `angles --data` with a 300-character name")(
+    lambda: _cli("angles", "--net", "digits_deep", "--rule", "gp", "--data", "a" * 300))
+
+
+@bad_input("lease-symlink", "a symbolic link planted at a GPU lock path (`gpu-0.lock -> ~/.bashrc`)")
+def _():
+    Path("locks").mkdir()
+    Path("victim").write_text("precious\n")
+    os.symlink(os.path.abspath("victim"), "locks/gpu-0.lock")
+    env = {"GAITSIM_GPU_POOL": "0", "GAITSIM_GPU_LOCK_DIR": "locks"}
+    with mock.patch.dict(os.environ, env), contextlib.ExitStack() as stack:
+        for key in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "GAITSIM_GPU_LEASE"):
+            stack.enter_context(mock.patch.dict(os.environ, {key: ""}))
+            del os.environ[key]
+        out = _cli("lease", "--timeout", "0", "--", "true")
+    assert Path("victim").read_text() == "precious\n"
+    return out
+
+
+@bad_input("analysis-crafted-store", "`python -m analysis` on a store whose metadata names the pickle codec "
+           "(a chunk that would run code)")
+def _():
+    from analysis.__main__ import main
+    from tests.test_loaded_code import plant_pickle, write_store
+
+    store = write_store(Path("results/quick/deep/rule~gp/seed~0/run.zarr"))
+    plant_pickle(store, Path("pwned").resolve())
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        main(["results/quick"])
+    return err.getvalue().strip()
+
+
+@bad_input("resume-other-lr", "`--resume` with a lower learning rate after a stop, without `--allow-change`",
+           runs=True)
+def _():
+    cfg = _config(_doc(train={"epochs": 1}, record={"probe_epochs": [1]}))
+    _cli("run", cfg, "--out", "run.zarr", "--quiet")
+    return _cli("run", _config(_doc(train={"epochs": 1}, record={"probe_epochs": [1]},
+                                    settings={"gp": {"lr": 1e-4}})), "--out", "run.zarr", "--quiet", "--resume")
+
+
+@bad_input("resume-allow-change", "the documented recovery: `--resume --allow-change settings.gp.lr` with a "
+           "lower learning rate (the change is logged and recorded in the attribute `changes`)", runs=True)
+def _():
+    cfg = _interrupted()
+    low = _config(_doc(train={"epochs": 3}, record={"probe_epochs": [0, 1, 3]}, settings={"gp": {"lr": 1e-4}}))
+    assert cfg == low
+    err = _cli("run", low, "--out", "run.zarr", "--quiet", "--resume", "--allow-change", "settings.gp.lr")
+    return "\n".join(filter(None, [_warnings("run.zarr"), err]))
+
+
+@bad_input("loss-explodes", "a learning rate that blows the loss up without a NaN: `settings: {bp: {lr: 1000}}`; "
+           "the run goes on, with a warning", runs=True)
+def _():
+    _cli("run", _config(_doc(rules="bp", settings={"bp": {"lr": 1e3}})), "--out", "run.zarr", "--quiet")
+    return _warnings("run.zarr")
+
+
+@bad_input("run-sigterm", "`kill -TERM` (or a closed terminal's SIGHUP) while a run trains", runs=True)
+def _():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = _config(_doc(train={"epochs": 40}, record={"probe_epochs": []}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sim", "run", cfg, "--out", "run.zarr", "--quiet"], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    while not (Path("run.zarr.log").exists() and "epoch 1/40" in Path("run.zarr.log").read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1].strip()
+    return "\n".join([Path("run.zarr.log").read_text().strip().splitlines()[-1].split(" ERROR ", 1)[1], err])
+
+
 # ----- the table ----------------------------------------------------------------------------------------------------
 def produce(case: BadInput, folder: Path) -> str:
     """Run ``case`` in ``folder`` (an empty scratch folder); what the user sees, with the folder's path cut out."""

@@ -23,6 +23,7 @@ import torch
 from sim.config import RunConfig, build_network, build_scheduler, load_config, validate_config
 from sim.correspondence import compare
 from sim.errors import ConfigError
+from sim.memory import check_fits
 from sim.presets import PRESETS, preset, preset_options
 from sim.rules import RULES, get_rule
 
@@ -100,6 +101,8 @@ def case_config(args: argparse.Namespace, classes: int | None = None) -> RunConf
 def main(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise ConfigError(f"--batch must be at least 1, got {args.batch}")
+    if not math.isfinite(args.perturb) or args.perturb < 0:
+        raise ConfigError(f"--perturb must be a finite number >= 0, got {args.perturb}")
     # with --data the class count comes from the data: a placeholder until it is read
     cfg = case_config(args, 2 if args.data else None)
     x = y = None
@@ -113,6 +116,7 @@ def main(args: argparse.Namespace) -> int:
         normalize = "imagenet" if cfg.network.preset.startswith("imagenet") else "unit"
         x, y, classes = load_batch(args.data, args.batch, cfg.train.seed, probe.input_shape, normalize)
         cfg = case_config(args, classes)
+    check_fits(cfg.network_config(), args.batch, cfg.train.device, "--batch, --width-mult or --image-size")
     net = build_network(cfg)
     seed = cfg.train.seed
     if x is None:

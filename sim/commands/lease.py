@@ -33,9 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from sim.errors import ConfigError
-    from sim.gpu import lease_gpu, lease_status, lock_dir
+    from sim.gpu import HELD_ENV, lease_gpu, lease_status, lock_dir
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not args.timeout >= 0:  # NaN too: a deadline of NaN would never pass
+        raise ConfigError(f"--timeout must be a number of seconds >= 0 (inf waits for ever), got {args.timeout}")
     if args.status:
         pool = lease_status()
         if not pool:
@@ -50,9 +52,20 @@ def main(args: argparse.Namespace) -> int:
     with lease_gpu(args.timeout, require_gpu=args.require_gpu, fallback_cpu=args.fallback_cpu,
                    set_env=False) as lease:
         env = {**os.environ, **lease.env, "GAITSIM_DEVICE": lease.device}
+        if lease.fd is not None:  # a lease asked for inside the command is refused at once, not after its timeout
+            env[HELD_ENV] = f"{os.getpid()}:{lease.physical_id}"
         print(f"lease: {lease.device} (gpu {lease.physical_id or '-'}, {lease.source})", file=sys.stderr)
         fds = (lease.fd,) if lease.fd is not None else ()
         try:
-            return subprocess.run(cmd, env=env, pass_fds=fds).returncode
+            child = subprocess.Popen(cmd, env=env, pass_fds=fds)
         except FileNotFoundError:
             raise ConfigError(f"command not found: {cmd[0]}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot run {cmd[0]}: {exc.strerror}") from None
+        while True:
+            try:
+                return child.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                problem = lease.verify()  # the lock file deleted while held: take it again, or say it is lost
+                if problem:
+                    print(f"lease: warning: {problem}", file=sys.stderr)

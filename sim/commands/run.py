@@ -14,7 +14,12 @@ moment.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shlex
+import signal
+import sys
+from collections.abc import Iterator
 
 help = "train one run from a YAML config and write its zarr archive"
 
@@ -41,6 +46,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-diverge", choices=("fail", "keep"), default="fail",
                    help="a run that stops at a NaN/Inf or a singular layer: fail (exit status 2, the default) or keep "
                    "(its prefix is a result with the attribute 'diverged', published with --publish; exit status 0)")
+    p.add_argument("--allow-change", metavar="KEY[,KEY...]", action="append", default=[],
+                   help="with --resume: let these config keys differ from the store's (only settings.RULE.lr, "
+                   "train.on_nonfinite, train.max_retries, train.retry_lr_factor; e.g. settings.gp.lr to continue a "
+                   "diverged run from its last checkpoint with a lower learning rate); recorded in the store's "
+                   "attribute 'changes'")
     p.add_argument("--device", metavar="DEVICE",
                    help=f"cpu, cuda or cuda:N; default: ${DEVICE_ENV} if set (`python -m sim lease` sets it to the "
                    "leased GPU), else the config's train.device")
@@ -49,7 +59,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "still gets everything)")
 
 
+#: signals that end a run like Ctrl-C does (SIGINT is Python's KeyboardInterrupt already)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGHUP raise :class:`~sim.errors.Stopped` (a KeyboardInterrupt), so the run
+    unwinds as on Ctrl-C (the log's last line names the signal) instead of dying silently."""
+    from sim.errors import Stopped
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    try:
+        before = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    except ValueError:  # not the main thread: leave the signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
 def main(args: argparse.Namespace) -> int:
+    from sim.errors import Stopped
+
+    try:
+        with stop_on_signals():
+            return _main(args)
+    except Stopped as exc:
+        again = shlex.join(["python", "-m", "sim", "run", args.config, "--out", args.out, "--resume",
+                            *(["--publish"] if args.publish else []), *(["--log", args.log] if args.log else [])])
+        print(f"error: the run was stopped by {exc.signame} (terminated or pre-empted); everything up to its last "
+              f"checkpoint is kept in {args.out}. Continue it with: {again}", file=sys.stderr)
+        return 128 + exc.signum
+
+
+def _main(args: argparse.Namespace) -> int:
     from sim.config import load_config
     from sim.errors import ConfigError
     from sim.run import run
@@ -64,6 +113,7 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError(f"{DEVICE_ENV}={device!r} is not a device this run can use ({exc}); unset it or pass "
                               "--device") from None
     out = run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, device=device, progress=not args.quiet,
-              log_file=args.log, publish=args.publish, on_diverge=args.on_diverge)
+              log_file=args.log, publish=args.publish, on_diverge=args.on_diverge,
+              allow_change=tuple(k.strip() for a in args.allow_change for k in a.split(",") if k.strip()))
     print(out)
     return 0

@@ -159,6 +159,9 @@ def _dry_build(net_cfg: NetworkConfig, network: NetworkSection) -> None:
             Network(replace(net_cfg, device="meta"))
     except (ShapeError, ConfigError) as exc:
         raise _keyed(exc, network) from None
+    except (RuntimeError, OverflowError, ValueError, MemoryError) as exc:  # e.g. a size whose byte count overflows
+        raise ConfigError.at("network", f"the network cannot be built at this size ({type(exc).__name__}: "
+                             f"{str(exc)[:200]}); lower its widths, width_mult or image_size") from None
 
 
 def _keyed(exc: GaitsimError, network: NetworkSection | None) -> ConfigError:

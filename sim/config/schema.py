@@ -14,7 +14,9 @@ import difflib
 import functools
 import json
 import math
+import os
 import re
+import stat
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -207,6 +209,10 @@ def with_integers(doc: dict) -> dict:
 
 
 # ----- the YAML reader ----------------------------------------------------------------------------------------------
+#: the largest config file read (a run config is a few KB)
+MAX_CONFIG_BYTES = 1 << 20
+
+
 class _Loader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that also reads YAML 1.2 floats such as ``1e-3`` as numbers (YAML 1.1, which PyYAML
     implements, wants ``1.0e-3`` and would hand the schema the string '1e-3')."""
@@ -225,14 +231,36 @@ def read_yaml(path: str | Path, key: str | None = None) -> Any:
     path = Path(path)
     at = f"{key}: " if key else ""
     try:
-        text = path.read_text(encoding="utf-8")
+        # O_NONBLOCK: a FIFO or a device opens without waiting for a writer, and is then refused
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(path)
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError(f"{at}config path {path} is not a regular file (a FIFO, socket or device would "
+                                  "hang or never end); give the YAML file of one run", key=key)
+            if st.st_size > MAX_CONFIG_BYTES:
+                raise ConfigError(f"{at}config file {path} is {st.st_size:,} bytes; a run config is a few KB (at "
+                                  f"most {MAX_CONFIG_BYTES:,} bytes are read)", key=key)
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+            text = b"".join(chunks).decode("utf-8")
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise ConfigError(f"{at}config file {path} does not exist", key=key) from None
     except IsADirectoryError:
         raise ConfigError(f"{at}config path {path} is a folder; give the YAML file of one run", key=key) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except ConfigError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: a NUL in the path
         raise ConfigError(f"{at}cannot read config file {path}: {exc}", key=key) from None
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"{at}{path} is not valid YAML: {exc}", key=key) from None
+    except RecursionError:  # PyYAML's scanner and composer recurse once per level
+        raise ConfigError(f"{at}{path} nests too deeply for a run config (at most 16 levels are allowed)",
+                          key=key) from None

@@ -47,7 +47,7 @@ ON_DIVERGE = ("fail", "keep")
 
 def run(cfg: RunConfig | dict | str | Path, out: str | Path, *, resume: bool = False, overwrite: bool = False,
         device: str | None = None, progress: bool = True, log_file: str | Path | None = None,
-        publish: bool = False, on_diverge: str = "fail") -> Path:
+        publish: bool = False, on_diverge: str = "fail", allow_change: tuple[str, ...] = ()) -> Path:
     """Train one run and write its zarr store at ``out``; returns ``out`` as a Path.
 
     Args:
@@ -65,6 +65,10 @@ def run(cfg: RunConfig | dict | str | Path, out: str | Path, *, resume: bool = F
             workflow job does. A published ``out`` is left as it is with ``resume``, replaced with ``overwrite``.
         on_diverge: ``fail`` (a NaN/Inf or singular layer raises) or ``keep`` (the run's prefix gets the attribute
             ``diverged``, the error message, and counts as a result: returned, and published with ``publish``).
+        allow_change: with ``resume``, config keys that may differ from the store's (only those of
+            :data:`sim.run.store.CHANGEABLE`, e.g. ``settings.gp.lr`` to continue a diverged run with a lower
+            learning rate); each change is logged and recorded in the store's attribute ``changes`` (JSON: step,
+            key, old, new), and the store's ``config`` becomes the new one.
     """
     if not isinstance(cfg, RunConfig):
         cfg = load_config(cfg)
@@ -72,18 +76,23 @@ def run(cfg: RunConfig | dict | str | Path, out: str | Path, *, resume: bool = F
         cfg = cfg.with_device(device)
     if resume and overwrite:
         raise ConfigError("pass either --resume or --overwrite, not both")
+    allow_change = tuple(allow_change)
+    if allow_change and not resume:
+        raise ConfigError("--allow-change only applies with --resume (a fresh run has nothing to differ from)")
+    store.check_allow_change(allow_change)
     if on_diverge not in ON_DIVERGE:
         raise ConfigError(f"on_diverge must be one of {', '.join(ON_DIVERGE)}, got {on_diverge!r}")
     cfg.data.spec()  # e.g. data.path still null: refuse before anything is built
     out = store.output_path(out)
     with lock.hold(out):  # one writer per store, for the run's whole life (publishing included)
         return _run_locked(cfg, out, resume=resume, overwrite=overwrite, progress=progress, log_file=log_file,
-                           publish=publish, on_diverge=on_diverge)
+                           publish=publish, on_diverge=on_diverge, allow_change=allow_change)
 
 
 def _run_locked(cfg: RunConfig, out: Path, *, resume: bool, overwrite: bool, progress: bool,
-                log_file: str | Path | None, publish: bool, on_diverge: str) -> Path:
-    plan = store.plan(cfg, out, resume=resume, overwrite=overwrite, publish=publish)
+                log_file: str | Path | None, publish: bool, on_diverge: str,
+                allow_change: tuple[str, ...]) -> Path:
+    plan = store.plan(cfg, out, resume=resume, overwrite=overwrite, publish=publish, allow=allow_change)
     if plan.done and plan.path == out:
         if progress:
             what = "published as a diverged run" if plan.diverged else "complete"
@@ -94,7 +103,7 @@ def _run_locked(cfg: RunConfig, out: Path, *, resume: bool, overwrite: bool, pro
         if not plan.done:
             try:
                 loop.train(cfg, plan.path, progress=progress, resume=plan.continuing,
-                           keep_diverged=on_diverge == "keep")
+                           keep_diverged=on_diverge == "keep", allow_change=allow_change)
             except (NonFiniteError, SingularLayerError) as exc:
                 if on_diverge != "keep":
                     raise

@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sim.archive import io_errors
-from sim.errors import GaitsimError
+from sim.errors import GaitsimError, Stopped
 
 log = logging.getLogger("sim.run")
 
@@ -82,8 +82,9 @@ def logging_to(path: Path, *, append: bool, to_stderr: bool) -> Iterator[None]:
     except GaitsimError as exc:
         log.error(f"error: {exc}", extra={"final": True})
         raise
-    except KeyboardInterrupt:
-        log.error("interrupted; continue with --resume from the last checkpoint", extra={"final": True})
+    except KeyboardInterrupt as exc:
+        what = f"stopped by {exc.signame}" if isinstance(exc, Stopped) else "interrupted"
+        log.error(f"{what}; continue with --resume from the last checkpoint", extra={"final": True})
         raise
     except Exception:
         log.exception("unexpected error", extra={"final": True})

@@ -45,13 +45,17 @@ class RunState:
     rec: Recorder
     retries: list[dict] = field(default_factory=list)
     last_test_top1: float = math.nan
+    first_loss: float = math.nan
+    """The training loss after the first epoch this process trained (the reference of :func:`warn_exploding`)."""
+    loss_warned: bool = False
 
 
-def train(cfg: RunConfig, out: Path, *, progress: bool, resume: bool, keep_diverged: bool = False) -> Path:
+def train(cfg: RunConfig, out: Path, *, progress: bool, resume: bool, keep_diverged: bool = False,
+          allow_change: tuple[str, ...] = ()) -> Path:
     """Train ``cfg`` into the store ``out``: with ``resume`` from its newest usable checkpoint
     (:func:`recovery.resume_point`, checked against the network and scheduler built here), else (or when it has no
     checkpoint) from the start, a new store replacing what is at ``out``; returns ``out``. ``keep_diverged``: see
-    :func:`recovery.stop`."""
+    :func:`recovery.stop`; ``allow_change``: config keys that may differ from the checkpoint's (``--allow-change``)."""
     # Everything that can be refused is refused before the store is touched.
     net = build_network(cfg)
     sched = build_scheduler(cfg, net)
@@ -60,7 +64,8 @@ def train(cfg: RunConfig, out: Path, *, progress: bool, resume: bool, keep_diver
     checkpoint: ckpt_io.Checkpoint | None = None
     archive: RunArchive | None = None
     if resume:
-        checkpoint, archive = recovery.resume_point(cfg, out, net, sched, steps_per_epoch=n)
+        checkpoint, archive = recovery.resume_point(cfg, out, net, sched, steps_per_epoch=n,
+                                                        allow=allow_change)
     if checkpoint is None:
         archive = store.create(out, cfg, net, steps_per_epoch=n, resume=resume,
                                probe_labels=None if data.probe is None else data.probe[1].cpu().numpy())
@@ -83,7 +88,9 @@ def train(cfg: RunConfig, out: Path, *, progress: bool, resume: bool, keep_diver
             raise ArchiveError(f"checkpoint {checkpoint.path} cannot be loaded into this run ({type(exc).__name__}: "
                                f"{str(exc).splitlines()[0] if str(exc) else ''}); start the run over with "
                                "--overwrite") from exc
-        run.rec.commit(device=str(net.device), **provenance.writer_attrs())  # gaitsim status: who writes now
+        # gaitsim status: who writes now; --allow-change: what changed
+        run.rec.commit(device=str(net.device), **provenance.writer_attrs(),
+                       **recovery.record_changes(run, checkpoint))
         epochs_done, batches_done = checkpoint.epochs_done, checkpoint.batches_done
         log.info(f"resuming {out} at step {checkpoint.step} (epoch {epochs_done + 1}, batch {batches_done}) on "
                  f"{net.device}")
@@ -184,6 +191,7 @@ def train_epoch(run: RunState, epoch: int, start: int, bar: tqdm | None) -> None
     rec.commit()
     faults.hit("train.epoch")
     run.last_test_top1 = m_test.top1
+    warn_exploding(run, epoch, m_train.loss)
     log.info(f"epoch {epoch}/{cfg.train.epochs}: train top1 {m_train.top1:.4f} loss {m_train.loss:.4f} | "
              f"test top1 {m_test.top1:.4f} top5 {m_test.top5:.4f} loss {m_test.loss:.4f} | "
              f"mean angle {rec.mean_angle(start, end):.2f} deg | {wall:.1f} s")
@@ -192,3 +200,28 @@ def train_epoch(run: RunState, epoch: int, start: int, bar: tqdm | None) -> None
         recovery.save_checkpoint(run, epoch, 0, "final" if epoch == cfg.train.epochs else "scheduled")
     if bar is not None:
         bar.set_postfix(loss=f"{m_train.loss:.4f}", acc=f"{m_test.top1:.3f}", angle=f"{rec.last_angle:.2f}")
+
+
+#: a training loss above this (cross-entropy: ln(classes) ~ 2.3 at chance), or above ``LOSS_GROWTH`` times the first
+#: epoch's, means the run has blown up even though every number is finite
+LOSS_BOUND = 1e4
+LOSS_GROWTH = 1e6
+
+
+def warn_exploding(run: RunState, epoch: int, loss: float) -> None:
+    """Log a warning (once per run) when the epoch's training loss explodes: finite, so the run goes on, but its
+    results mean nothing (BP or FA at lr 1e3 end with losses of 1e15-1e20)."""
+    if math.isnan(run.first_loss):
+        run.first_loss = loss
+    if run.loss_warned or not math.isfinite(loss):
+        return
+    grew = math.isfinite(run.first_loss) and run.first_loss > 0 and loss > LOSS_GROWTH * run.first_loss
+    if loss > LOSS_BOUND or grew:
+        run.loss_warned = True
+        lrs = ", ".join(f"{rule.name} lr {rule.settings.lr:g}" for rule in
+                        {r.name: r for r in run.net.rules}.values())
+        log.warning(f"the training loss exploded: {loss:.3g} after epoch {epoch} (first epoch: {run.first_loss:.3g}; "
+                    f"above {LOSS_BOUND:g} or {LOSS_GROWTH:g} x the first epoch's). The run goes on, but its "
+                    f"results are not meaningful: lower the learning rate ({lrs}) and start over with --overwrite, "
+                    "or continue from a checkpoint before the blow-up with --resume --allow-change "
+                    "settings.<rule>.lr")

@@ -22,7 +22,7 @@ from sim.config import RunConfig
 from sim.errors import GaitsimError, NonFiniteError, SingularLayerError
 from sim.network import Network
 from sim.run.log import log
-from sim.run.store import check_same_config
+from sim.run.store import check_same_config, config_changes
 from sim.schedule import Scheduler
 
 if TYPE_CHECKING:
@@ -85,6 +85,10 @@ def restore(run: RunState, checkpoint: ckpt_io.Checkpoint) -> None:
     the rows it keeps (not yet committed)."""
     run.net.load_state_dict(checkpoint.network)
     run.sched.load_state_dict(checkpoint.scheduler)
+    # the learning rates are the config's (an allowed change on resume), scaled as the retries so far did
+    scale = run.cfg.train.retry_lr_factor ** len(checkpoint.retries)
+    for group, rule in zip(run.sched.optimizer.param_groups, run.net.rules):
+        group["lr"] = rule.settings.lr * scale
     torch.set_rng_state(checkpoint.torch_rng)
     ckpt_io.set_numpy_rng_state(checkpoint.numpy_rng)
     run.retries = list(checkpoint.retries)
@@ -92,11 +96,27 @@ def restore(run: RunState, checkpoint: ckpt_io.Checkpoint) -> None:
     run.rec.archive.truncate(checkpoint.lengths)
 
 
+def record_changes(run: RunState, checkpoint: ckpt_io.Checkpoint) -> dict[str, str]:
+    """The attributes that record an allowed config change on resume (``--allow-change``): ``changes`` (JSON list of
+    step, key, old, new; earlier changes kept) and the new ``config``; {} when nothing changed. Each is logged."""
+    changes = config_changes(checkpoint.config_json, run.cfg)
+    if not changes:
+        return {}
+    before = json.loads(run.rec.archive.attrs.get("changes") or "[]")
+    new = [{"step": int(checkpoint.step), "key": k, "old": old, "new": value} for k, (old, value) in changes.items()]
+    for c in new:
+        log.warning(f"resuming at step {c['step']} with {c['key']} changed from {c['old']!r} to {c['new']!r} "
+                    "(--allow-change; recorded in the store's attribute 'changes')")
+    return {"changes": json.dumps(before + new), "config": run.cfg.to_json()}
+
+
 def resume_point(cfg: RunConfig, out: Path, net: Network | None = None, sched: Scheduler | None = None, *,
-                 steps_per_epoch: int | None = None) -> tuple[ckpt_io.Checkpoint | None, RunArchive | None]:
+                 steps_per_epoch: int | None = None, allow: tuple[str, ...] = ()
+                 ) -> tuple[ckpt_io.Checkpoint | None, RunArchive | None]:
     """The newest intact checkpoint of ``out`` that fits the run and whose archive rows are intact, and the opened
     archive. With ``net`` and ``sched`` (the run's, freshly built) and ``steps_per_epoch``, a checkpoint must also
     fit them (:func:`sim.checkpoint.fit_problem`: tensor shapes and dtypes, RNG states, position).
+    ``allow``: config keys that may differ from the checkpoint's (``--allow-change``).
 
     Damaged or unfitting files are logged with their paths and passed over for the previous checkpoint; None if the
     store has no checkpoint (the run starts over). Raises ArchiveError if it has checkpoints but none can be
@@ -114,7 +134,7 @@ def resume_point(cfg: RunConfig, out: Path, net: Network | None = None, sched: S
             problems.append(cand.problem)
             continue
         checkpoint = cand.checkpoint
-        check_same_config(checkpoint.config_json, cfg, out)
+        check_same_config(checkpoint.config_json, cfg, out, allow)
         why = None if reference is None else ckpt_io.fit_problem(checkpoint, **reference)
         if why is not None:
             msg = f"checkpoint {cand.path} does not fit this run: {why}"

@@ -47,21 +47,57 @@ def _flat(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def config_diffs(stored_json: str, cfg: RunConfig) -> list[str]:
-    """``'key: old -> new'`` for every setting in which ``cfg`` differs from the stored config, ``train.device``
+#: the keys ``--allow-change`` may let differ on resume (``*``: one key part): what a recovery from a diverged run
+#: needs (a lower learning rate, the retry settings); everything else changes what a checkpoint holds or means
+CHANGEABLE = ("settings.*.lr", "train.on_nonfinite", "train.max_retries", "train.retry_lr_factor")
+
+
+def config_changes(stored_json: str, cfg: RunConfig) -> dict[str, tuple[object, object]]:
+    """``{key: (old, new)}`` for every setting in which ``cfg`` differs from the stored config, ``train.device``
     (a runtime setting) excepted; empty when they are the same run."""
     old = _flat(json.loads(stored_json))
     new = _flat(json.loads(cfg.to_json()))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if k != "train.device" and old.get(k) != new.get(k)]
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if k != "train.device" and old.get(k) != new.get(k)}
 
 
-def check_same_config(stored_json: str, cfg: RunConfig, out: Path) -> None:
-    """Refuse to resume a store written with another config (the device may differ)."""
-    diffs = config_diffs(stored_json, cfg)
+def config_diffs(stored_json: str, cfg: RunConfig, allow: tuple[str, ...] = ()) -> list[str]:
+    """``'key: old -> new'`` for every difference :func:`config_changes` finds that ``allow`` does not allow."""
+    return [f"{k}: {old!r} -> {new!r}" for k, (old, new) in config_changes(stored_json, cfg).items()
+            if not allowed(k, allow)]
+
+
+def _matches(key: str, pattern: str) -> bool:
+    parts, pats = key.split("."), pattern.split(".")
+    return len(parts) == len(pats) and all(p in ("*", k) for k, p in zip(parts, pats))
+
+
+def allowed(key: str, allow: tuple[str, ...]) -> bool:
+    """Whether ``--allow-change`` (``allow``) lets ``key`` differ on resume."""
+    return any(_matches(key, a) for a in allow) and any(_matches(key, c) for c in CHANGEABLE)
+
+
+def check_allow_change(allow: tuple[str, ...]) -> None:
+    """Refuse ``--allow-change`` keys that may never change on resume (before anything is read)."""
+    bad = [a for a in allow if not any(_matches(a, c) or _matches(c.replace("*", "x"), a.replace("*", "x"))
+                                       for c in CHANGEABLE)]
+    if bad:
+        raise ConfigError(f"--allow-change {', '.join(bad)}: only {', '.join(CHANGEABLE)} may change when a run is "
+                          "resumed (any other key changes what its checkpoints hold); start over with --overwrite")
+
+
+def check_same_config(stored_json: str, cfg: RunConfig, out: Path, allow: tuple[str, ...] = ()) -> None:
+    """Refuse to resume a store written with another config (the device may differ, and the keys ``allow`` lets
+    differ)."""
+    diffs = config_diffs(stored_json, cfg, allow)
     if diffs:
+        keys = [d.split(":", 1)[0] for d in diffs]
+        hint = ""
+        if all(any(_matches(k, c) for c in CHANGEABLE) for k in keys):
+            hint = f", allow the change with --resume --allow-change {','.join(keys)},"
         raise ConfigError(f"cannot resume {out}: it was started with a different config ({'; '.join(diffs[:8])}"
-                          f"{'; ...' if len(diffs) > 8 else ''}); resume with the same config or pass --overwrite")
+                          f"{'; ...' if len(diffs) > 8 else ''}); resume with the same config{hint} or pass "
+                          "--overwrite")
 
 
 def _holds_no_run(folder: Path) -> bool:
@@ -126,7 +162,8 @@ class Plan:
     diverged: bool = False
 
 
-def plan(cfg: RunConfig, out: Path, *, resume: bool, overwrite: bool, publish: bool) -> Plan:
+def plan(cfg: RunConfig, out: Path, *, resume: bool, overwrite: bool, publish: bool,
+         allow: tuple[str, ...] = ()) -> Plan:
     """Decide what to do with what is at ``out`` (and ``out.partial`` when ``publish``); see the module docstring.
     Touches nothing but empty folders; raises ConfigError for what is refused, ArchiveError for a damaged complete
     store."""
@@ -136,7 +173,7 @@ def plan(cfg: RunConfig, out: Path, *, resume: bool, overwrite: bool, publish: b
             raise ConfigError(f"run store {out} already exists; pass --resume to continue it or --overwrite to "
                               "replace it")
         if resume:
-            check_same_config(attrs["config"], cfg, out)
+            check_same_config(attrs["config"], cfg, out, allow)
             if attrs.get("complete"):
                 check_complete(out)
                 return Plan(out, continuing=False, done=True, append_log=True)
@@ -150,7 +187,7 @@ def plan(cfg: RunConfig, out: Path, *, resume: bool, overwrite: bool, publish: b
         return Plan(out, continuing=False, done=False, append_log=resume)
     partial = partial_path(out)
     attrs = _run_attrs(partial)
-    same = attrs is not None and not overwrite and not config_diffs(attrs["config"], cfg)
+    same = attrs is not None and not overwrite and not config_diffs(attrs["config"], cfg, allow)
     if same and attrs.get("complete"):
         check_complete(partial)
         return Plan(partial, continuing=False, done=True, append_log=True)
