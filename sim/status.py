@@ -191,8 +191,9 @@ def _workflow_config(study_dir: Path, configfiles: Iterable[str | Path]) -> tupl
     from sim.config.overrides import deep_merge
     from sim.config.schema import read_yaml
 
-    above = study_dir.resolve().parents[1]  # the folder snakemake ran in, when the study is results/<study>
-    repo = above if (above / "config").is_dir() else Path.cwd()
+    parents = study_dir.resolve().parents
+    above = parents[1] if len(parents) > 1 else None  # the folder snakemake ran in, when the study is results/<study>
+    repo = above if above is not None and (above / "config").is_dir() else Path.cwd()
     base_file = repo / "config" / "config.yaml"
     base = read_yaml(base_file) if base_file.is_file() else {}
     files = [Path(f) for f in configfiles]
@@ -209,10 +210,17 @@ def _workflow_config(study_dir: Path, configfiles: Iterable[str | Path]) -> tupl
     return config, repo, " + ".join(str(f) for f in [base_file, *files])
 
 
+#: how deep below a study folder run folders are looked for (<experiment>/<param>~<value>.../rule~<r>/seed~<s>)
+MAX_DEPTH = 12
+
+
 def _stores_on_disk(study_dir: Path) -> dict[str, Path]:
     """``{run folder: store}`` for every ``run.zarr`` (preferred) or ``run.zarr.partial`` under ``study_dir``."""
     found: dict[str, Path] = {}
+    top = len(study_dir.parts)
     for root, dirs, _ in os.walk(study_dir):
+        if len(Path(root).parts) - top >= MAX_DEPTH:  # runs sit a few folders down; never walk a whole disk
+            dirs[:] = []
         here = [name for name in (STORE, PARTIAL) if name in dirs]
         if here:
             # a published store wins; an empty run.zarr (a folder a workflow made) does not hide a partial one
@@ -225,7 +233,9 @@ def _stores_on_disk(study_dir: Path) -> dict[str, Path]:
 
 def _failure_reason(study_dir: Path, run: str, store: Path) -> str:
     """The last ``error:`` line of the run's log, if any."""
-    logs = [study_dir.parents[1] / "logs" / study_dir.name / run / "run.log",
+    parents = study_dir.resolve().parents
+    workdir = parents[1] if len(parents) > 1 else study_dir  # results/<study> -> the folder snakemake ran in
+    logs = [workdir / "logs" / study_dir.name / run / "run.log",
             store.with_name(STORE + ".log"), store.with_name(store.name + ".log")]
     for log in logs:
         try:

@@ -572,7 +572,7 @@ def _():
            "(a chunk that would run code)")
 def _():
     from analysis.__main__ import main
-    from tests.test_loaded_code import plant_pickle, write_store
+    from tests.helpers import plant_pickle, write_store
 
     store = write_store(Path("results/quick/deep/rule~gp/seed~0/run.zarr"))
     plant_pickle(store, Path("pwned").resolve())

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
+import pickle
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+import xarray as xr
 import yaml
 
 from sim import Network, Scheduler, get_rule, preset
@@ -161,3 +166,37 @@ def small_imagenet(rules, **kw) -> Network:
     """The ImageNet conv preset at 65x65 pixels, a quarter of the filters, 10 classes, float64 by default."""
     kw.setdefault("dtype", "float64")
     return Network(preset("imagenet_conv", rules, image_size=65, width_mult=0.25, classes=10, **kw))
+
+
+# ----- crafted stores (nothing loaded may run: tests/reliability/test_loaded_code.py, tests.faultinject) -----------
+class _Boom:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def write_store(path: Path) -> Path:
+    ds = xr.Dataset({"loss": ("step", np.linspace(2.0, 1.0, 8)), "test_top1": ("epoch", [0.5, 0.6])},
+                    coords={"step": np.arange(8), "epoch": [1, 2], "layer": ["dense1", "output"]},
+                    attrs={"config": json.dumps({"data": {"kind": "digits"}, "rules": "gp"}), "complete": True})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.to_zarr(path, mode="w", consolidated=True)
+    return path
+
+
+def plant_pickle(store: Path, marker: Path) -> None:
+    """Make ``loss`` decode through the pickle codec, with a chunk that runs ``touch marker`` when unpickled; in the
+    array's ``zarr.json`` and in the consolidated copy that readers use."""
+    codecs = [{"name": "numcodecs.pickle", "configuration": {"protocol": 5}}]
+    meta = store / "loss" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["codecs"] = codecs
+    meta.write_text(json.dumps(doc))
+    root = json.loads((store / "zarr.json").read_text())
+    root["consolidated_metadata"]["metadata"]["loss"]["codecs"] = codecs
+    (store / "zarr.json").write_text(json.dumps(root))
+    for chunk in (store / "loss" / "c").iterdir():
+        chunk.write_bytes(pickle.dumps(_Boom(str(marker))))

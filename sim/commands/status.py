@@ -37,6 +37,8 @@ def main(args: argparse.Namespace) -> int:
     for study in studies:
         if not study.is_dir():
             raise ConfigError(f"{study} is not a folder; give a study folder such as results/quick")
+        if study.resolve() == Path(study.resolve().anchor):
+            raise ConfigError(f"{study} is the filesystem root, not a study folder; give one such as results/quick")
     try:
         for i, study in enumerate(studies):
             rows = study_status(study, args.configfile)

@@ -14,7 +14,7 @@ import pytest
 from analysis import load_study, results_table, sweep_dims
 from analysis.load import parse_store_path
 from sim.study import expand
-from tests.study_stores import REPO, workflow_config, write_run, write_study
+from tests.analysis.stores import REPO, workflow_config, write_run, write_study
 
 
 def study(tmp_path, name):

@@ -16,7 +16,7 @@ from sim.config import load_config
 from sim.config.overrides import apply_overrides, parse_assignment, set_key
 from sim.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BASE = yaml.safe_load((REPO / "configs" / "digits_shallow_gp.yaml").read_text())
 
 

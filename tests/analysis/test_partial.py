@@ -10,7 +10,7 @@ import numpy as np
 
 from analysis import FIGURES, load_study
 from sim.archive import EPOCH_METRICS, LayerInfo, RunArchive
-from tests.study_stores import write_run
+from tests.analysis.stores import write_run
 
 CONFIG = {"network": {"preset": "digits_shallow"}, "rules": "gp", "data": {"kind": "digits"}, "train": {"epochs": 4}}
 

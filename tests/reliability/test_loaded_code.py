@@ -4,9 +4,7 @@ chunk is decoded, whatever the installed numcodecs would allow; the dependency f
 
 from __future__ import annotations
 
-import json
 import os
-import pickle
 import subprocess
 import sys
 import tomllib
@@ -20,41 +18,9 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from sim.archive import ArchiveError, RunArchive, check_codecs, open_run
+from tests.helpers import plant_pickle, write_store
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class _Boom:
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def write_store(path: Path) -> Path:
-    ds = xr.Dataset({"loss": ("step", np.linspace(2.0, 1.0, 8)), "test_top1": ("epoch", [0.5, 0.6])},
-                    coords={"step": np.arange(8), "epoch": [1, 2], "layer": ["dense1", "output"]},
-                    attrs={"config": json.dumps({"data": {"kind": "digits"}, "rules": "gp"}), "complete": True})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds.to_zarr(path, mode="w", consolidated=True)
-    return path
-
-
-def plant_pickle(store: Path, marker: Path) -> None:
-    """Make ``loss`` decode through the pickle codec, with a chunk that runs ``touch marker`` when unpickled; in the
-    array's ``zarr.json`` and in the consolidated copy that readers use."""
-    codecs = [{"name": "numcodecs.pickle", "configuration": {"protocol": 5}}]
-    meta = store / "loss" / "zarr.json"
-    doc = json.loads(meta.read_text())
-    doc["codecs"] = codecs
-    meta.write_text(json.dumps(doc))
-    root = json.loads((store / "zarr.json").read_text())
-    root["consolidated_metadata"]["metadata"]["loss"]["codecs"] = codecs
-    (store / "zarr.json").write_text(json.dumps(root))
-    for chunk in (store / "loss" / "c").iterdir():
-        chunk.write_bytes(pickle.dumps(_Boom(str(marker))))
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_crafted_store_is_refused_by_analysis_and_nothing_runs(tmp_path):

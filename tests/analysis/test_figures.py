@@ -10,7 +10,7 @@ import pytest
 from analysis import FIGURES, IncompleteStoreError, load_study, panels, results_table, rule_color, save, to_markdown
 from analysis.__main__ import main as analysis_main
 from analysis.style import PALETTE, registered_rules, rule_key, rule_marker
-from tests.study_stores import write_run
+from tests.analysis.stores import write_run
 
 DEEP = {"network": {"preset": "digits_deep"}, "data": {"kind": "digits"}, "train": {"epochs": 3}}
 SHALLOW = {**DEEP, "network": {"preset": "digits_shallow"}}

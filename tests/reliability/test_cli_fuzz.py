@@ -3,7 +3,7 @@
 type, empty or unicode. Every invocation either succeeds (exit 0) or prints exactly one ``error:`` line and exits 2;
 nothing escapes as an exception (a traceback). The CLIs run in-process (``sim.cli.main``, ``analysis.__main__.main``)
 so a sweep costs milliseconds per value. The fast sweep runs by default; ``-m slow`` adds every flag x every edge
-value and a longer random sweep. ``FUZZED`` counts the values each run tried (printed by the last test, ``-s``).
+value and a longer random sweep; a test checks that every flag that takes a value is in the sweep.
 
 Also the cases an independent probe found, one by one: a deeply nested YAML config, a config path that is a FIFO,
 ``angles --batch 1000000000``, ``--seed -1`` / ``--seed 18446744073709551616``, ``--device meta``,
@@ -59,9 +59,10 @@ CASES = [
                                      "--ortho-every", "--image-size", "--width-mult", "--classes", "--device",
                                      "--net", "--rules", "--dtype", "--arithmetic", "--check-numerics", "--tf32",
                                      "--config")],
-    *[("run", None, f) for f in ("{config}", "--out", "--device", "--log", "--on-diverge")],
+    *[("run", None, f) for f in ("{config}", "--out", "--device", "--log", "--on-diverge", "--set", "--allow-change")],
+    *[("status", None, f) for f in ("{study}", "--configfile")],
     ("lease", ["lease", "--", "true"], "--timeout"),
-    *[("analysis", None, f) for f in ("{study}", "--out", "--figure")],
+    *[("analysis", None, f) for f in ("{study}", "--out", "--figure", "--format", "--description")],
 ]
 IDS = [f"{c}{f}" for c, _, f in CASES]
 FUZZED: dict[str, int] = {}
@@ -133,6 +134,10 @@ def argv_for(world: Path, cmd: str, base: list[str] | None, flag: str, value: st
         else:
             rest = [f"{flag}={value}"]
         return analysis_main, [study, *rest] if not study.startswith("-") else [*rest, "--", study]
+    if cmd == "status":
+        if flag == "{study}":
+            return sim_main, ["status", "--", value]
+        return sim_main, ["status", str(world / "study"), f"{flag}={value}"]
     if flag == "--timeout":
         return sim_main, ["lease", f"--timeout={value}", *base[1:]]
     return sim_main, [*base, f"{flag}={value}"]
@@ -231,8 +236,25 @@ def test_lease_timeout_nan_and_commands(world):
         assert rc == 2 and ("command not found" in err or "cannot run" in err)
 
 
-def test_report_the_count():
-    """Prints how many flag values this session fuzzed (run with -s)."""
-    total = sum(FUZZED.values())
-    print(f"\nfuzzed {total} flag values over {len(FUZZED)} flags of run, angles, bench, lease and analysis")
-    assert total == 0 or len(FUZZED) == len(CASES)
+def test_every_flag_that_takes_a_value_is_fuzzed():
+    """A flag added to a subcommand (or to ``python -m analysis``) must join the sweep: every option of every
+    subcommand that takes a value is in CASES."""
+    import argparse
+
+    import analysis.__main__ as analysis_cli
+    from sim.cli import build_parser
+
+    def value_flags(parser: argparse.ArgumentParser) -> set[str]:
+        return {a.option_strings[-1] for a in parser._actions
+                if a.option_strings and a.nargs != 0 and not isinstance(a, argparse._HelpAction)}
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    fuzzed = {(cmd, flag) for cmd, _, flag in CASES}
+    missing = sorted((name, flag) for name, parser in sub.choices.items() for flag in value_flags(parser)
+                     if (name, flag) not in fuzzed)
+    assert not missing, f"flags not fuzzed: {missing}; add them to CASES"
+    source = Path(analysis_cli.__file__).read_text()
+    analysis_flags = {f for cmd, _, f in CASES if cmd == "analysis" and f.startswith("--")}
+    takes_value = [line.split('"')[1] for line in source.splitlines()
+                   if 'p.add_argument("--' in line and 'action="store_true"' not in line]
+    assert set(takes_value) <= analysis_flags, f"analysis flags not fuzzed: {set(takes_value) - analysis_flags}"
