@@ -55,7 +55,7 @@ import numpy as np
 import xarray as xr
 
 from analysis.style import rule_key
-from sim.archive import DamagedStoreError, open_run, read_attrs
+from sim.archive import DamagedStoreError, check_codecs, open_run, read_attrs
 
 #: archive variables a study keeps (per-step, per-epoch and per-layer records; not the probe activities)
 VARIABLES = ("angle", "loss", "train_top1", "train_top5", "test_top1", "test_top5", "train_loss", "test_loss",
@@ -193,6 +193,8 @@ def _config(text: str) -> dict:
 
 def _run_dataset(run: RunPath, labels: dict[str, Any], on_incomplete: str, on_diverged: str,
                  include_partial: bool, verify: bool) -> xr.Dataset | None:
+    if (run.path / "zarr.json").is_file():
+        check_codecs(run.path)  # a store that names a codec no run writes is refused before anything is decoded
     attrs = read_attrs(run.path)  # the attributes first: an incomplete store is refused without reading its arrays
     if attrs is None and include_partial and run.path.name != STORE_NAME:
         warnings.warn(f"{run.path}: left out, not readable yet (no zarr.json)", stacklevel=3)
