@@ -37,12 +37,14 @@ import numpy as np
 import xarray as xr
 
 from sim.archive import open_run
+from sim.rules.registry import specs
 
 #: archive variables a study keeps (per-step, per-epoch and per-layer records; not the probe activities)
 VARIABLES = ("angle", "loss", "train_top1", "train_top5", "test_top1", "test_top5", "train_loss", "test_loss",
              "ortho_error", "epoch_wall_s")
-#: order of the rule dim: the registry's rules first, anything else (mixtures like 'fa+gp') after, by name
-RULE_ORDER = ("bp", "fa", "vgp", "gp")
+#: order of the rule dim: the registry's rules first, in its order (the built-in catalogue: bp, fa, vgp, gp, then the
+#: zoo; then plugins), anything else (mixtures like 'fa+gp') after, by name
+RULE_ORDER = tuple(specs())
 STORE_NAME = "run.zarr"
 
 
