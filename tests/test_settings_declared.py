@@ -117,3 +117,18 @@ def test_a_bp_run_records_ortho_error_of_its_square_layers_and_regularises_them(
     assert np.isnan(reg[[0, 3]]).all() and np.isfinite(reg[[1, 2]]).all()
     assert (reg[[1, 2]] < plain[[1, 2]]).all(), (plain, reg)
     assert math.isnan(float(stores[30.0].feedback_angle.values[-1, 1]))  # bp has no feedback weight
+
+
+def test_a_store_written_before_rules_declared_their_settings_still_resumes(tiny_config):
+    """Old stores hold every RuleSettings field under every rule; the fields a rule never read are not a change."""
+    import json
+
+    from sim.run.store import config_diffs
+
+    cfg = load_config(tiny_config(rules="bp"))
+    old = json.loads(cfg.to_json())
+    for values in old["settings"].values():
+        values.update(gamma=1e-3, eta=1e-7, arithmetic="difference", inverse="lu")
+    assert config_diffs(json.dumps(old), cfg) == []
+    old["settings"]["bp"]["lr"] = 0.5
+    assert config_diffs(json.dumps(old), cfg) == [f"settings.bp.lr: 0.5 -> {cfg.settings['bp'].lr!r}"]
