@@ -8,7 +8,10 @@ Optional **noise floors** add Gaussian noise of a per-layer std to the top-down 
 from the scheduler's seeded generator. A std of 0 draws nothing, so it is bitwise identical to no noise.
 
 Updates land in ``.grad`` (raw update plus the regulariser's gradient), so one ``torch.optim.Adam`` with a parameter
-group per layer (its rule's lr, betas, eps) serves every rule.
+group per layer (its rule's lr, betas, eps) serves every rule; a rule with learned state (Kolen-Pollack's feedback
+weight) gets one more group for its own parameters, whose raw updates (:func:`feedback_phase`) land in ``.grad`` too.
+A layer whose rule is direct (DFA) hears the output error through the **broadcast channel** (:func:`message_phase`),
+the one non-local signal of a step.
 
 What a step computes and how is one frozen value, :class:`~sim.step_options.StepOptions` (``Scheduler(net,
 options=...)``, a run's ``train.step``), passed down explicitly to the phases, rules and layers: no process-wide switch
