@@ -1,8 +1,8 @@
 """One look for every figure: a colour and a marker per rule, line styles that carry meaning, and one save function.
 
-Colours come from the rule registry's order (the run schema's ``rule_name`` enum, which tests/test_config.py keeps
-equal to :data:`sim.rules.RULES`; read from the schema so that analysis stays torch-free): the i-th registered rule
-gets ``PALETTE[i]`` and ``MARKERS[i]``, so bp, fa, gp and vgp look the same in every figure of every study, and a
+Colours come from the rule registry's order (:func:`sim.rules.registry.specs`, torch-free: the built-in catalogue
+bp, fa, vgp, gp, then the zoo, then plugins): the i-th registered rule gets ``PALETTE[i]`` and ``MARKERS[i]``, so
+every rule looks the same in every figure of every study, and a
 rule registered later gets the next free colour without any edit here. A name the registry does not know (a
 mixture such as ``fa+gp``, a rule of an older or newer version) gets a colour and marker from a hash of its name:
 stable across runs and figures, never shared by accident with a registered rule's.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-#: colours of the registered rules, in registry order (bp, fa, gp, vgp, then rules added later)
+#: colours of the registered rules, in registry order (bp, fa, vgp, gp, the zoo, then rules added later)
 PALETTE = ("#222222", "#e07b00", "#1f77b4", "#8a4fbf", "#2ca02c", "#d62728", "#17becf", "#bcbd22", "#8c564b",
            "#e377c2")
 #: colours of names the registry does not know (mixtures, other versions' rules), picked by a hash of the name
@@ -33,10 +33,10 @@ FORMATS = ("png", "pdf", "svg")
 
 @lru_cache(maxsize=1)
 def registered_rules() -> tuple[str, ...]:
-    """The rule names of the registry, in its order (from the run schema: no torch import)."""
-    from sim.config.schema import load_schema
+    """The rule names of the registry, in its order (no torch import)."""
+    from sim.rules.registry import specs
 
-    return tuple(load_schema()["$defs"]["rule_name"]["enum"])
+    return tuple(specs())
 
 
 def rule_index(rule: str) -> int | None:

@@ -8,7 +8,8 @@ coordinates listed in each variable's ``coordinates`` attribute), so ``xr.open_z
   ``sample`` (sample of the probe batch) and one set of unit dims per layer (``unit_<layer>`` for dense layers,
   ``channel_/row_/col_<layer>`` for conv layers);
 * per step ``loss``, ``angle(step, layer)``, ``batch_size``; per epoch ``train_top1`` ... ``test_loss``,
-  ``ortho_error(epoch, layer)``, ``epoch_wall_s``; per probe record ``activity_<layer>`` and ``target_<layer>``
+  ``ortho_error(epoch, layer)``, ``feedback_angle(epoch, layer)``, ``reconstruction_loss(epoch, layer)``,
+  ``epoch_wall_s``; per probe record ``activity_<layer>`` and ``target_<layer>``
   ``(probe_epoch, sample, unit...)``; per sample ``probe_label``.
 
 "Checkpoint" means only resumable state (:mod:`sim.checkpoint`, ``STORE/_checkpoints/``). Stores written before
@@ -82,6 +83,16 @@ EPOCH_METRICS: dict[str, tuple[str, str, str]] = {
     "train_loss": ("nat", "train loss", "mean cross-entropy per sample on the whole train split after the epoch"),
     "test_loss": ("nat", "test loss", "mean cross-entropy per sample on the whole test split after the epoch"),
     "epoch_wall_s": ("s", "epoch wall time", "wall-clock time of the epoch: training steps, evaluation and recording"),
+}
+
+#: per-epoch, per-layer records of the rules' learned (or fixed) feedback (sim.rules.registry.STATE_METRICS):
+#: name -> description; NaN where a layer's rule reports none
+STATE_DESCRIPTIONS: dict[str, str] = {
+    "feedback_angle": "angle between each layer's feedback weight B (learned: kp; fixed: fa, usf, brsf, frsf) and its "
+                      "forward weight W after the epoch, in degrees (B -> W for Kolen-Pollack); NaN for other rules",
+    "reconstruction_loss": "local reconstruction loss of a learned feedback mapping (learned inverses) after the "
+                           "epoch; "
+                           "NaN for rules without one",
 }
 
 
@@ -286,7 +297,12 @@ class RunArchive:
                       description=desc)
             array("ortho_error", (0, n_layers), (EPOCH_CHUNK, n_layers), "float64", ["epoch", "layer"],
                   units="1", coords=layer_coords, long_name="orthogonality error",
-                  description="||W W^T - I||_F / sqrt(n) of each square layer after the epoch; NaN for non-square")
+                  description="||W W^T - I||_F / sqrt(n) of each layer whose weight matrix is square (any "
+                              "rule) after the epoch; NaN for the others")
+            for name, desc in STATE_DESCRIPTIONS.items():
+                array(name, (0, n_layers), (EPOCH_CHUNK, n_layers), "float64", ["epoch", "layer"],
+                      units="degree" if name.endswith("angle") else "1", coords=layer_coords,
+                      long_name=name.replace("_", " "), description=desc)
             # per probe record
             array("probe_epoch", (0,), (EPOCH_CHUNK,), "int64", ["probe_epoch"], units="epoch",
                   long_name="probe epoch",
@@ -382,13 +398,21 @@ class RunArchive:
             self._append("batch_size", np.asarray(batch_size, dtype=np.int64))
             self._append("angle", np.asarray(angle, dtype=np.float64).reshape(k, len(self.layers)))
 
-    def append_epoch(self, epoch: int, metrics: dict[str, float], ortho_error: np.ndarray) -> None:
-        """Append one epoch's row: every name of :data:`EPOCH_METRICS` and ``ortho_error [layers]``."""
+    def append_epoch(self, epoch: int, metrics: dict[str, float], ortho_error: np.ndarray,
+                     state: dict[str, np.ndarray] | None = None) -> None:
+        """Append one epoch's row: every name of :data:`EPOCH_METRICS`, ``ortho_error [layers]`` and the rules'
+        learned-state metrics ``state[name] [layers]`` (:data:`STATE_DESCRIPTIONS`; NaN where not given; a store
+        written before they existed has none and gets none)."""
+        n = len(self.layers)
         with io_errors(self.path, "write to the run store"):
             self._append("epoch", np.array([epoch], dtype=np.int64))
             for name in EPOCH_METRICS:
                 self._append(name, np.array([metrics[name]], dtype=np.float64))
-            self._append("ortho_error", np.asarray(ortho_error, dtype=np.float64).reshape(1, len(self.layers)))
+            self._append("ortho_error", np.asarray(ortho_error, dtype=np.float64).reshape(1, n))
+            for name in STATE_DESCRIPTIONS:
+                if name in self._arrays:
+                    row = (state or {}).get(name, np.full(n, math.nan))
+                    self._append(name, np.asarray(row, dtype=np.float64).reshape(1, n))
 
     def append_probe(self, epoch: int, step: int, activities: Sequence[np.ndarray],
                      targets: Sequence[np.ndarray]) -> None:

@@ -269,9 +269,9 @@ def step_flops(net: Network, batch: int, ortho_every: int = 1, narrow: list[bool
                 parts["factorization"] += 2 * n**3 if rule.settings.inverse == "inv" else 2 / 3 * n**3
                 if rule.settings.inverse != "inv" and not solved:
                     parts["factorization"] += 2 * n**2 * rows  # columns of M^{-1} from the LU factors
-        if layer.square and rule.settings.ortho_lambda > 0:
-            n = layer.square_matrix().shape[0]
-            parts["regularizer"] += regularizer.gradient_flops(n, symmetric_gram) / ortho_every
+        matrix = layer.square_weight() if rule.settings.ortho_lambda > 0 else None  # any rule's square weight
+        if matrix is not None:
+            parts["regularizer"] += regularizer.gradient_flops(matrix.shape[0], symmetric_gram) / ortho_every
     parts["total"] = sum(parts.values())
     return parts
 

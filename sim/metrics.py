@@ -1,9 +1,11 @@
 """What a run measures besides the angles (docs/runs.md): accuracy and loss on a whole split, orthogonality of the
-square layers, and the probe batch's activities and targets.
+layers with a square weight matrix, and the probe batch's activities and targets.
 
 * accuracy: the fraction of samples whose label is the arg-max logit (top-1) or among the ``min(5, classes)``
   largest (top-5), weighted by samples over every evaluation batch;
 * loss: mean cross-entropy per sample, in nats (the training loss is the batch sum, REFERENCE.md section 6);
+* learned state: each rule's :meth:`~sim.rules.base.Rule.state_metrics` (angle of a feedback weight to the
+  forward weight, a reconstruction loss);
 * orthogonality error: ``||W W^T - I||_F / sqrt(n)`` of each square layer (:func:`sim.regularizer.ortho_error`);
 * probe: each layer's full output ``a_l`` (aux units included) and its target ``t_l = a_l + d_l`` on a fixed batch,
   from the scheduler's forward and message phases without noise and without touching the weights.
@@ -20,6 +22,7 @@ from torch import Tensor
 
 from sim import regularizer
 from sim.network import Network
+from sim.rules.registry import STATE_METRICS
 from sim.schedule import forward_phase, message_phase
 
 
@@ -65,9 +68,21 @@ def evaluate(net: Network, batches, *, top: int = 5) -> SplitMetrics:
 
 @torch.no_grad()
 def ortho_errors(net: Network) -> np.ndarray:
-    """``||W W^T - I||_F / sqrt(n)`` per layer ``[L]`` (float64), NaN for non-square layers."""
-    return np.array([regularizer.ortho_error(layer.square_matrix()) if layer.square else math.nan
-                     for layer in net.layers], dtype=np.float64)
+    """``||W W^T - I||_F / sqrt(n)`` per layer ``[L]`` (float64) of every layer whose weight matrix is square, under
+    any rule (:meth:`~sim.layers.base.Layer.square_weight`); NaN for the others."""
+    matrices = [layer.square_weight() for layer in net.layers]
+    return np.array([regularizer.ortho_error(m) if m is not None else math.nan for m in matrices], dtype=np.float64)
+
+
+@torch.no_grad()
+def state_metrics(net: Network) -> dict[str, np.ndarray]:
+    """What every rule's learned or fixed feedback reports (:meth:`~sim.rules.base.Rule.state_metrics`), per name of
+    :data:`~sim.rules.registry.STATE_METRICS`: ``[L]`` float64, NaN where a layer's rule reports none."""
+    out = {name: np.full(len(net.layers), math.nan) for name in STATE_METRICS}
+    for i, (layer, rule) in enumerate(zip(net.layers, net.rules)):
+        for name, value in rule.state_metrics(layer).items():
+            out[name][i] = value
+    return out
 
 
 @torch.no_grad()

@@ -157,7 +157,9 @@ class Network(nn.Module):
                 f"layer {name!r}: declared aux={spec.aux} but the layer has {aux} aux units "
                 f"(reads {math.prod(in_shape)}, forwards {layer.width}, square={square}); the widths do not chain."
             )
-        return layer, rule_cls(layer, settings.get(rule_name, rule_cls.defaults), fb_gen)
+        # a rule on the broadcast channel learns the output error's width (the classes) at construction
+        context = {"classes": specs[-1].width} if rule_cls.direct else {}
+        return layer, rule_cls(layer, settings.get(rule_name, rule_cls.defaults), fb_gen, **context)
 
     # ----- introspection ------------------------------------------------------------------------------------------
     @property

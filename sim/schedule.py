@@ -8,7 +8,10 @@ Optional **noise floors** add Gaussian noise of a per-layer std to the top-down 
 from the scheduler's seeded generator. A std of 0 draws nothing, so it is bitwise identical to no noise.
 
 Updates land in ``.grad`` (raw update plus the regulariser's gradient), so one ``torch.optim.Adam`` with a parameter
-group per layer (its rule's lr, betas, eps) serves every rule.
+group per layer (its rule's lr, betas, eps) serves every rule; a rule with learned state (Kolen-Pollack's feedback
+weight) gets one more group for its own parameters, whose raw updates (:func:`feedback_phase`) land in ``.grad`` too.
+A layer whose rule is direct (DFA) hears the output error through the **broadcast channel** (:func:`message_phase`),
+the one non-local signal of a step.
 
 What a step computes and how is one frozen value, :class:`~sim.step_options.StepOptions` (``Scheduler(net,
 options=...)``, a run's ``train.step``), passed down explicitly to the phases, rules and layers: no process-wide switch
@@ -23,7 +26,7 @@ set, repeats the step (same noise) with per-tensor checks, which raise the same 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -36,7 +39,7 @@ from sim.network import Network, seed_streams
 from sim.step_options import DEFAULT_STEP, NUMERICS_CHECKS, StepOptions
 
 __all__ = ["NUMERICS_CHECKS", "Check", "ForwardPass", "NoiseFloor", "Scheduler", "StepOptions", "StepResult",
-           "forward_phase", "message_phase", "output_error", "plasticity_phase"]
+           "feedback_phase", "forward_phase", "message_phase", "output_error", "plasticity_phase"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ class StepResult:
         messages: ``messages[l]`` is the message layer l received (noise included); shaped like ``forward.outputs[l]``
             (forwarded units only where the layer skipped its aux units, whose ``d`` is zero).
         updates: ``updates[l]`` is layer l's raw update ``{'weight': ..., 'bias': ...}``, before regulariser and Adam.
+        feedback_updates: ``feedback_updates[l]``: raw updates of layer l's rule's own parameters (a learned feedback
+            weight), by parameter name; ``{}`` for rules without learned state.
     """
 
     loss: Tensor
@@ -96,6 +101,7 @@ class StepResult:
     forward: ForwardPass
     messages: list[Message]
     updates: list[dict[str, Tensor]]
+    feedback_updates: list[dict[str, Tensor]] = field(default_factory=list)
 
     def targets(self) -> list[Tensor]:
         """Materialised targets ``t_l = a_l + d_l`` ``[B, *out_shape_l]`` for every layer."""
@@ -148,6 +154,10 @@ def message_phase(net: Network, fp: ForwardPass, y: Tensor, message_std: tuple[f
                   options: StepOptions = DEFAULT_STEP) -> tuple[list[Message], Tensor]:
     """Top-down: the output error, then each layer's rule makes the message for the layer below.
 
+    **The broadcast channel**: a layer whose rule is direct (``rule.direct``, e.g. DFA) receives instead
+    ``rule.direct_message(layer, a, e)`` of the output error ``e`` on the logit units ``[B, classes]``, and the layer
+    above it sends it nothing. This is the only non-local signal of a step.
+
     Returns ``(messages, loss)`` with ``messages[l]`` the message layer l received. ``check``: see
     :data:`sim.linalg.Check` (it reaches the rules too: GP's factorisation checks the conditioning through it);
     ``options``: the step's options, passed to every rule.
@@ -163,13 +173,20 @@ def message_phase(net: Network, fp: ForwardPass, y: Tensor, message_std: tuple[f
         raise NonFiniteError(f"non-finite loss at step {step}; lower the learning rate or check the inputs",
                              step=step, layer=layers[-1].name, quantity="loss")
     msg = rules[-1].top_message(fp.outputs[-1], e)
+    broadcast = layers[-1].read(e)  # the broadcast channel's signal: the output error on the logit units
     messages: list[Message | None] = [None] * len(layers)
     for i in range(len(layers) - 1, -1, -1):
+        if msg is None:  # layer i's rule takes the output error directly (the broadcast channel)
+            msg = rules[i].direct_message(layers[i], fp.outputs[i], broadcast)
+            _check_finite(layers[i], msg.d, "direct message (broadcast output error)", step, check)
         if message_std is not None and message_std[i] > 0:
             msg = Message(msg.d + _gaussian(msg.d, message_std[i], generator), msg.m)
         messages[i] = msg
         if i == 0:
             break
+        if rules[i - 1].direct:
+            msg = None  # the layer below hears the broadcast, not this layer
+            continue
         down = rules[i].message_down(layers[i], fp.inputs[i], fp.outputs[i], msg, check=check, options=options)
         _check_finite(layers[i - 1], down.d, "target difference (message from above)", step, check)
         _check_finite(layers[i - 1], down.m, "message multiplier", step, check)
@@ -187,6 +204,19 @@ def plasticity_phase(net: Network, fp: ForwardPass, messages: list[Message], che
             _check_finite(layer, v, f"{k} update", step, check)
         updates.append(upd)
     return updates
+
+
+def feedback_phase(net: Network, fp: ForwardPass, messages: list[Message], updates: list[dict[str, Tensor]],
+                   check: Check = True, step: int | None = None) -> list[dict[str, Tensor]]:
+    """Raw updates of every rule's own parameters (learned feedback), from the layer's own input, output, received
+    message and raw update (:meth:`~sim.rules.base.Rule.feedback_plasticity`); ``{}`` for rules without state."""
+    out = []
+    for layer, rule, a_in, a, msg, upd in zip(net.layers, net.rules, fp.inputs, fp.outputs, messages, updates):
+        fb = rule.feedback_plasticity(layer, a_in, a, msg, upd)
+        for k, v in fb.items():
+            _check_finite(layer, v, f"feedback {k} update", step, check)
+        out.append(fb)
+    return out
 
 
 class Scheduler:
@@ -219,7 +249,23 @@ class Scheduler:
             s = rule.settings
             groups.append({"params": [layer.weight, layer.bias], "lr": s.lr, "betas": tuple(s.betas), "eps": s.eps,
                            "name": layer.name})
-        self.optimizer = torch.optim.Adam(groups, fused=True) if options.fused_adam else torch.optim.Adam(groups)
+        # learned state: one group per rule that owns parameters, after every layer's group, with the rule's
+        # settings; a rule's decay is decoupled weight decay on its layer's group and its own (Kolen-Pollack)
+        for layer, rule, group in zip(net.layers, net.rules, list(groups)):
+            s = rule.settings
+            own = list(rule.parameters())
+            if own:
+                groups.append({"params": own, "lr": s.lr, "betas": tuple(s.betas), "eps": s.eps,
+                               "name": f"{layer.name}.feedback"})
+            if s.decay > 0:
+                group["weight_decay"] = s.decay
+                if own:
+                    groups[-1]["weight_decay"] = s.decay
+        #: each group's learning rate as configured (a retry scales them all)
+        self.base_lrs = [g["lr"] for g in groups]
+        decoupled = {"decoupled_weight_decay": True} if any("weight_decay" in g for g in groups) else {}
+        self.optimizer = (torch.optim.Adam(groups, fused=True, **decoupled) if options.fused_adam
+                          else torch.optim.Adam(groups, **decoupled))
         self.step_count = 0
 
     @property
@@ -310,8 +356,10 @@ class Scheduler:
         messages, loss = message_phase(self.net, fp, y, self.message_std, self.generator, check, self.step_count,
                                        self.options)
         updates = plasticity_phase(self.net, fp, messages, check, self.step_count)
+        feedback = feedback_phase(self.net, fp, messages, updates, check, self.step_count)
         logits = self.net.layers[-1].read(fp.outputs[-1])
-        return StepResult(loss=loss, logits=logits, forward=fp, messages=messages, updates=updates)
+        return StepResult(loss=loss, logits=logits, forward=fp, messages=messages, updates=updates,
+                          feedback_updates=feedback)
 
     @torch.no_grad()
     def apply(self, result: StepResult) -> None:
@@ -320,15 +368,22 @@ class Scheduler:
         for layer, rule, upd in zip(self.net.layers, self.net.rules, result.updates):
             grad_w = upd["weight"]
             lam = rule.settings.ortho_lambda
-            if layer.square and lam > 0 and self.step_count % every == 0:
-                reg = regularizer.gradient(layer.square_matrix(), lam * every, self.options.symmetric_gram)
+            # every layer whose weight matrix is square, under any rule (square_weight: None where it is not)
+            matrix = layer.square_weight() if lam > 0 and self.step_count % every == 0 else None
+            if matrix is not None:
+                reg = regularizer.gradient(matrix, lam * every, self.options.symmetric_gram)
                 reg = reg.reshape(grad_w.shape)
                 # added into the fresh regulariser tensor (a + b == b + a bit for bit): the raw update in
                 # ``result`` stays untouched and no third weight-sized tensor is allocated
                 grad_w = reg.add_(grad_w)
             layer.weight.grad = grad_w
             layer.bias.grad = upd["bias"]
+        for rule, fb in zip(self.net.rules, result.feedback_updates):
+            for name, grad in fb.items():
+                rule.get_parameter(name).grad = grad
         self.optimizer.step()
+        for layer, rule in zip(self.net.layers, self.net.rules):
+            rule.after_step(layer)
         self.step_count += 1
 
     def train_step(self, x: Tensor, y: Tensor) -> StepResult:

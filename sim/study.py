@@ -180,6 +180,21 @@ def _rules(exp: dict, label: str, split: int | None, where: str) -> str | list[s
     return [mix["below"]] * split + [mix["above"]] * (mix["layers"] - split)
 
 
+def _check_rule_names(exp: dict, where: str) -> None:
+    """Every rule an experiment names is registered (:func:`sim.rules.registry.specs`: the built-in rules and the
+    ``gaitsim.rules`` plugins; torch-free). The workflow schema's file cannot list them: plugins add names."""
+    from sim.config.schema import _suggest
+    from sim.rules.registry import specs
+
+    mix = exp.get("mix") or {}
+    named = [(f"{where}.rules[{i}]", r) for i, r in enumerate(exp.get("rules") or [])]
+    named += [(f"{where}.mix.{k}", mix[k]) for k in ("below", "above") if k in mix]
+    for key, rule in named:
+        if rule not in specs():
+            raise ConfigError.at(key, f"unknown rule {rule!r}{_suggest(rule, specs())}; registered rules: "
+                                      f"{', '.join(sorted(specs()))}")
+
+
 def _sweep_path(exp: dict, param: str, label: str, where: str) -> str:
     path = exp["sweep"][param]["path"]
     if isinstance(path, dict):
@@ -204,6 +219,7 @@ def expand_study(config: dict, study: str, repo: Path, *, validate: bool = True,
                  "`--config imagenet_path=/data/imagenet`, the folder with train/ and val/)")
             continue
         mix = exp.get("mix")
+        _check_rule_names(exp, where)
         labels = [f"{mix['below']}+{mix['above']}"] if mix else exp["rules"]
         check_set_by_rule(exp.get("set_by_rule") or {}, where, labels)
         for folders, values in sweep_points(exp):

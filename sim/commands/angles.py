@@ -25,7 +25,7 @@ from sim.correspondence import compare
 from sim.errors import ConfigError
 from sim.memory import check_fits
 from sim.presets import PRESETS, preset, preset_options
-from sim.rules import RULES, get_rule
+from sim.rules import RULES, get_rule, get_spec
 
 help = "angle of each layer's update to BP's on one batch"
 
@@ -88,7 +88,8 @@ def case_config(args: argparse.Namespace, classes: int | None = None) -> RunConf
     settings = doc.setdefault("settings", {})
     for r in {doc["rules"]} if isinstance(doc["rules"], str) else set(doc["rules"]):
         settings.setdefault(r, {})
-        if args.arithmetic is not None or args.config is None:
+        # only the rules that read it (the GP rules): a setting a rule does not read is refused
+        if (args.arithmetic is not None or args.config is None) and "arithmetic" in get_spec(r).declared():
             settings[r]["arithmetic"] = args.arithmetic or "difference"
     train = doc["train"]
     for key, value in (("dtype", args.dtype), ("device", args.device), ("seed", args.seed),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from dataclasses import asdict, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ from sim.config.sections import DataSection, NetworkSection, RecordSection, RunC
 from sim.errors import ConfigError, GaitsimError, ShapeError
 from sim.network import LayerSpec, Network, NetworkConfig
 from sim.presets import OPTIONS, check_options
-from sim.rules import RuleSettings, get_rule
+from sim.rules.registry import get_spec
 from sim.schedule import NoiseFloor
 from sim.step_options import StepOptions
 
@@ -110,12 +110,8 @@ def _resolve(doc: dict) -> RunConfig:
     given = doc.get("settings") or {}
     settings = {}
     for rule in sorted(used | set(given)):
-        values = {**asdict(get_rule(rule).defaults), **given.get(rule, {})}
-        values["betas"] = tuple(values["betas"])
-        try:
-            settings[rule] = RuleSettings(**values)
-        except ConfigError as exc:
-            raise ConfigError.at(f"settings.{rule}", str(exc)) from None
+        # each rule's declared settings only (the schema refused the others already, naming who reads them)
+        settings[rule] = get_spec(rule).resolve(given.get(rule) or {}, where=f"settings.{rule}")
 
     noise_doc = doc.get("noise") or {}
     noise = NoiseFloor(**{k: (tuple(float(x) for x in v) if isinstance(v, list) else float(v))

@@ -38,9 +38,20 @@ Problem = tuple[str | None, str]
 # ----- the schema ---------------------------------------------------------------------------------------------------
 @functools.cache
 def load_schema() -> dict:
-    """The run schema (``sim/schema/run.schema.json``), parsed."""
+    """The run schema: ``sim/schema/run.schema.json`` (the fixed parts) with the rule registry's part filled in,
+    the rule-name enum and one ``settings.<rule>`` object per rule holding exactly the settings it reads
+    (:mod:`sim.rules.registry`: built-in rules and ``gaitsim.rules`` plugins; no torch is imported)."""
+    from sim.rules.registry import settings_schema, specs
+
     text = resources.files("sim").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
-    return json.loads(text)
+    schema = json.loads(text)
+    rules = specs()
+    schema["$defs"]["rule_name"] = {"description": schema["$defs"]["rule_name"]["description"],
+                                    "enum": sorted(rules)}
+    section = schema["properties"]["settings"]
+    section["additionalProperties"] = False
+    section["properties"] = {name: settings_schema(spec) for name, spec in sorted(rules.items())}
+    return schema
 
 
 @functools.cache
@@ -86,7 +97,14 @@ def _format_error(error: jsonschema.ValidationError) -> list[Problem]:
         known = sorted(error.schema.get("properties", {}))
         extra = [k for k in error.instance if k not in known]
         out = []
+        rule = _settings_rule(error.absolute_path)
         for key in extra:
+            if rule is not None:
+                from sim.rules.registry import readers, unread_message
+
+                if readers(key):  # a real setting, of other rules: say which (no silent settings, issue 15)
+                    out.append((_join(where, key), f"{_join(where, key)}: {unread_message(rule, key)}"))
+                    continue
             hint = _suggest(key, known) or f" (known keys: {', '.join(known)})"
             out.append((_join(where, key), f"{where}: unknown key {key!r}{hint}" if where
                         else f"unknown top-level key {key!r}{hint}"))
@@ -103,6 +121,12 @@ def _format_error(error: jsonschema.ValidationError) -> list[Problem]:
         hint = _suggest(error.instance, choices)
         return [(where or None, f"{prefix}{error.instance!r} is not one of {choices}{hint}")]
     return [(where or None, f"{prefix}{error.message}")]
+
+
+def _settings_rule(path) -> str | None:
+    """The rule name when ``path`` is ``settings.<rule>``."""
+    path = list(path)
+    return path[1] if len(path) == 2 and path[0] == "settings" and isinstance(path[1], str) else None
 
 
 def _walk(value: Any, path: tuple, ancestors: set[int], budget: list[int], nonfinite: dict,

@@ -16,7 +16,7 @@ from sim.data.spec import NEEDS_PATH, DataSpec
 from sim.errors import ConfigError, DataError
 from sim.network import LayerSpec, NetworkConfig
 from sim.presets import preset, preset_options
-from sim.rules import RuleSettings
+from sim.rules.registry import RuleSettings, get_spec
 from sim.schedule import NoiseFloor
 from sim.step_options import DEFAULT_STEP, StepOptions
 
@@ -160,7 +160,8 @@ class RunConfig:
             "name": self.name,
             "network": net,
             "rules": self.rules,
-            "settings": {name: asdict(s) for name, s in sorted(self.settings.items())},
+            # the settings each rule reads, nothing else (sim.rules.registry: no silent settings)
+            "settings": {name: get_spec(name).values(s) for name, s in sorted(self.settings.items())},
             "noise": asdict(self.noise),
             "data": asdict(self.data),
             "train": asdict(self.train),

@@ -164,6 +164,15 @@ class Layer(nn.Module):
         """The weight as an ``n x n`` matrix (square layers only), the object of inversion and the regulariser."""
         raise NotImplementedError
 
+    def square_weight(self) -> Tensor | None:
+        """The weight as an ``n x n`` matrix wherever it is square, whether or not the layer is built invertible
+        (a 1024 -> 1024 layer under BP or FA too), else None: what the orthogonality regulariser and the
+        ``ortho_error`` record act on, under any rule (issue 15). A square layer's is :meth:`square_matrix`."""
+        if self.square:
+            return self.square_matrix()
+        w = self.weight.reshape(self.weight.shape[0], -1)
+        return w if w.shape[0] == w.shape[1] else None
+
     def forms_inverse_columns(self, k: int, batch: int) -> bool:
         """Whether :meth:`inverse` sends a message of ``k`` units (channels) and ``batch`` samples through the first
         ``k`` columns of the inverse, formed from the LU factors (``2 n^2 k`` flops), rather than solving for the

@@ -1,6 +1,25 @@
-"""Plasticity rules, one file each, looked up by name from :data:`RULES`."""
+"""Plasticity rules, one file each, looked up by name (REFERENCE.md sections 2, 6; docs/rules.md).
 
-from sim.rules import bp, fa, gp, vgp  # noqa: F401  (registration side effect)
-from sim.rules.base import RULES, Rule, RuleSettings, get_rule, register
+The registry has a torch-free half, :mod:`sim.rules.registry` (each rule's name, implementation path and declared
+settings: what the config schema enumerates), and this package's :data:`RULES`, the implementations, imported on
+first use (PEP 562) so that ``import sim.rules.registry`` (the schema, the workflow) does not import torch.
+"""
 
-__all__ = ["RULES", "Rule", "RuleSettings", "get_rule", "register"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from sim.rules.registry import RuleSettings, RuleSpec, Setting, get_spec, specs
+
+_LAZY = {name: "sim.rules.base" for name in ("RULES", "Rule", "get_rule", "register")}
+
+__all__ = ["RULES", "Rule", "RuleSettings", "RuleSpec", "Setting", "get_rule", "get_spec", "register", "specs"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'sim.rules' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

@@ -9,13 +9,27 @@ The update is the same formula for every rule: with the message's error ``e = -m
 ``delta = 2 D e`` and ``dW = delta^T a_in``. What differs between rules is only how the message below is made, so
 ``plasticity`` lives here and the rule files implement ``message_down``.
 
-Rules are looked up by name in :data:`RULES`; the config schema enumerates it, and a new rule is one new file that
-decorates its class with :func:`register`.
+Rules are looked up by name in :data:`RULES`, a view of the torch-free registry (:mod:`sim.rules.registry`: the
+built-in catalogue and the ``gaitsim.rules`` entry points) that imports each implementation on first use; the config
+schema enumerates the registry, and a new rule is one new file plus its spec (docs/rules.md).
+
+Beyond the layer-to-layer message, a rule may use two more things, both explicit here:
+
+* **the broadcast channel** (``direct = True``): the scheduler hands the output error ``e = 1/2 dCE/da_L`` to every
+  layer whose rule asks for it, and such a layer's received message is :meth:`Rule.direct_message` instead of the
+  layer above's message (DFA). It is the only non-local signal in a step.
+* **learned state**: ``nn.Parameter`` s the rule owns (a learned feedback weight, a learned inverse). They live in the
+  network's ``state_dict`` (rules are submodules), so checkpoints hold them; the scheduler gives them their own Adam
+  group (the rule's lr, betas, eps and ``decay``), and :meth:`Rule.feedback_plasticity` writes their local update,
+  from the layer's own input, output and received message, as it does for the layer. :meth:`Rule.state_metrics`
+  reports how far the learned state is from what it learns (the run archive records it per epoch and layer).
+  A rule with a learned inverse trained on a local reconstruction loss (DTP, a learned-inverse GP) fits the same
+  hooks: its parameters, its update from ``(a_in, a)`` and its ``reconstruction_loss`` metric.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from typing import ClassVar
 
 import torch
@@ -25,51 +39,19 @@ from sim.errors import ConfigError
 from sim.layers.base import Layer
 from sim.linalg import Check
 from sim.message import Message
+from sim.rules.registry import (
+    ARITHMETICS,
+    INVERSE_METHODS,
+    STATE_METRICS,
+    RuleSettings,
+    RuleSpec,
+    get_spec,
+    load_class,
+    specs,
+)
 from sim.step_options import DEFAULT_STEP, StepOptions
 
-ARITHMETICS = ("difference", "target")
-INVERSE_METHODS = ("lu", "inv")
-
-
-@dataclass(frozen=True)
-class RuleSettings:
-    """Optimiser and rule hyper-parameters for the layers that use one rule (REFERENCE.md section 6)."""
-
-    lr: float = 1.9e-5
-    """Adam learning rate."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """Adam (beta1, beta2)."""
-    eps: float = 1e-6
-    """Adam epsilon."""
-    ortho_lambda: float = 0.0
-    """Weight of the orthogonality regulariser ``lambda ||W W^T - I||_F^2`` on square layers (batch-summed loss)."""
-    gamma: float = 1e-3
-    """Vanilla GP: the constant incremental-target step."""
-    eta: float = 1e-7
-    """Normalized GP: per-unit RMS of the nudge, ``gamma = eta sqrt(N) / ||t - a||`` per sample."""
-    arithmetic: str = "difference"
-    """GP arithmetic: 'difference' (exact in float32) or 'target' (the paper's eq. 4)."""
-    inverse: str = "lu"
-    """How square layers are inverted: 'lu' (factorise and solve; fast, exact) or 'inv' (explicit inverse each
-    step, the reference implementation's cost)."""
-
-    def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
-        if not self.eps > 0:
-            raise ConfigError(f"eps must be positive, got {self.eps}")
-        if not self.ortho_lambda >= 0:
-            raise ConfigError(f"ortho_lambda must be >= 0, got {self.ortho_lambda}")
-        if not self.gamma > 0:
-            raise ConfigError(f"gamma must be positive, got {self.gamma}")
-        if not self.eta > 0:
-            raise ConfigError(f"eta must be positive, got {self.eta}")
-        if self.arithmetic not in ARITHMETICS:
-            raise ConfigError(f"arithmetic must be one of {ARITHMETICS}, got {self.arithmetic!r}")
-        if self.inverse not in INVERSE_METHODS:
-            raise ConfigError(f"inverse must be one of {INVERSE_METHODS}, got {self.inverse!r}")
+__all__ = ["ARITHMETICS", "INVERSE_METHODS", "RULES", "STATE_METRICS", "Rule", "RuleSettings", "get_rule", "register"]
 
 
 class Rule(nn.Module):
@@ -78,8 +60,12 @@ class Rule(nn.Module):
     name: ClassVar[str]
     #: the layer must be square (invertible) under this rule
     inverts: ClassVar[bool] = False
-    #: CIFAR-10 reference settings (REFERENCE.md section 6)
+    #: this rule's layer receives the output error through the broadcast channel (:meth:`direct_message`)
+    direct: ClassVar[bool] = False
+    #: CIFAR-10 reference settings (REFERENCE.md section 6); set from the rule's spec by :func:`get_rule`
     defaults: ClassVar[RuleSettings] = RuleSettings()
+    #: the registry's spec of this rule; set by :func:`get_rule`
+    spec: ClassVar[RuleSpec]
 
     def __init__(self, layer: Layer, settings: RuleSettings, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -107,27 +93,69 @@ class Rule(nn.Module):
         the rules they concern (GP: ``compile_nudge``)."""
         raise NotImplementedError
 
+    def direct_message(self, layer: Layer, a: Tensor, e: Tensor) -> Message:
+        """Direct rules (``direct = True``): the message about this layer's output ``a`` ``[B, *out_shape]`` made
+        from the broadcast output error ``e`` ``[B, n_out]`` (the only non-local signal of a step)."""
+        raise NotImplementedError
+
     def plasticity(self, layer: Layer, a_in: Tensor, a: Tensor, msg: Message) -> dict[str, Tensor]:
         """Raw update (gradient of the local loss): ``delta = 2 D (-m d)``, then the layer's local gradients."""
         delta = 2 * layer.activation.derivative(a) * msg.error
         return layer.local_gradients(a_in, delta)
 
+    # ----- learned state ------------------------------------------------------------------------------------------
+    def feedback_plasticity(self, layer: Layer, a_in: Tensor, a: Tensor, msg: Message,
+                            update: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Raw updates of the rule's own parameters, by parameter name (``named_parameters``), from the layer's input,
+        output, received message and its raw ``update``: local quantities only. Rules without learned state: ``{}``."""
+        return {}
 
-RULES: dict[str, type[Rule]] = {}
+    def after_step(self, layer: Layer) -> None:
+        """Called by the scheduler once after every optimiser step (e.g. ``brsf`` redraws its magnitudes here)."""
+
+    def state_metrics(self, layer: Layer) -> dict[str, float]:
+        """How far the learned state is from its aim, e.g. ``feedback_angle`` (degrees between a learned feedback
+        weight and the weight it learns) or ``reconstruction_loss``; names in
+        :data:`~sim.rules.registry.STATE_METRICS`."""
+        return {}
+
+
+class _Registry(Mapping):
+    """Every registered rule's class by name, imported on first access (:mod:`sim.rules.registry`)."""
+
+    def __getitem__(self, name: str) -> type[Rule]:
+        if name not in specs():
+            raise KeyError(name)
+        return get_rule(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(specs())
+
+    def __len__(self) -> int:
+        return len(specs())
+
+
+#: the rules by name (a read-only view of the registry)
+RULES: Mapping[str, type[Rule]] = _Registry()
 
 
 def register(cls: type[Rule]) -> type[Rule]:
-    """Class decorator adding a rule to :data:`RULES` under ``cls.name``."""
-    if cls.name in RULES:
-        raise ValueError(f"rule {cls.name!r} registered twice")
-    RULES[cls.name] = cls
+    """Class decorator of a rule implementation: checks that the registry knows ``cls.name`` (its spec is in
+    :mod:`sim.rules.catalog` or an entry point) and that the spec points at this class."""
+    spec = get_spec(cls.name)
+    if spec.impl != f"{cls.__module__}:{cls.__qualname__}":
+        raise ConfigError(f"rule {cls.name!r}: its spec names {spec.impl!r}, not {cls.__module__}:{cls.__qualname__}")
     return cls
 
 
 def get_rule(name: str) -> type[Rule]:
-    """The rule class called ``name``; an unknown name lists the registered ones."""
-    try:
-        return RULES[name]
-    except KeyError:
-        raise ConfigError(f"unknown rule {name!r}; registered rules: {', '.join(sorted(RULES))}") from None
+    """The rule class called ``name``, imported from its spec; an unknown name lists the registered ones."""
+    spec = get_spec(name)
+    cls = load_class(spec)
+    if not (isinstance(cls, type) and issubclass(cls, Rule)) or getattr(cls, "name", None) != name:
+        raise ConfigError(f"rule {name!r}: {spec.impl} is not a sim.rules.base.Rule subclass with name = {name!r}")
+    if cls.__dict__.get("spec") is not spec:
+        cls.spec = spec
+        cls.defaults = spec.resolve()
+    return cls
 

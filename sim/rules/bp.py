@@ -11,14 +11,13 @@ from torch import Tensor
 from sim.layers.base import Layer
 from sim.linalg import Check
 from sim.message import Message
-from sim.rules.base import Rule, RuleSettings, register
+from sim.rules.base import Rule, register
 from sim.step_options import DEFAULT_STEP, StepOptions
 
 
 @register
 class Backprop(Rule):
     name = "bp"
-    defaults = RuleSettings(lr=1.9e-5, betas=(0.9, 0.999), eps=1e-6, ortho_lambda=0.0)
 
     def message_down(self, layer: Layer, a_in: Tensor, a: Tensor, msg: Message, *, check: Check = True,
                      options: StepOptions = DEFAULT_STEP) -> Message:

@@ -18,7 +18,6 @@ from sim.step_options import DEFAULT_STEP, StepOptions
 @register
 class FeedbackAlignment(Rule):
     name = "fa"
-    defaults = RuleSettings(lr=2.5e-5, betas=(0.9, 0.99), eps=1e-4, ortho_lambda=0.0)
 
     def __init__(self, layer: Layer, settings: RuleSettings, generator: torch.Generator | None = None) -> None:
         super().__init__(layer, settings, generator)
@@ -31,3 +30,8 @@ class FeedbackAlignment(Rule):
                      options: StepOptions = DEFAULT_STEP) -> Message:
         delta = layer.activation.derivative(a) * msg.error
         return Message.from_error(layer.feedback(delta, self.feedback_weight))
+
+    def state_metrics(self, layer: Layer) -> dict[str, float]:
+        from sim.correspondence import angle_deg
+
+        return {"feedback_angle": angle_deg(self.feedback_weight, layer.weight)}

@@ -11,14 +11,13 @@ import math
 import torch
 from torch import Tensor
 
-from sim.rules.base import RuleSettings, register
+from sim.rules.base import register
 from sim.rules.gait import GaitProp, per_sample_norm
 
 
 @register
 class NormalizedGP(GaitProp):
     name = "gp"
-    defaults = RuleSettings(lr=1.9e-5, betas=(0.9, 0.999), eps=1e-6, ortho_lambda=100.0, eta=1e-7)
 
     def gamma(self, d: Tensor, n_units: int) -> Tensor:
         norm = per_sample_norm(d)

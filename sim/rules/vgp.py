@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from sim.rules.base import RuleSettings, register
+from sim.rules.base import register
 from sim.rules.gait import GaitProp
 
 
 @register
 class VanillaGP(GaitProp):
     name = "vgp"
-    defaults = RuleSettings(lr=1.9e-5, betas=(0.9, 0.999), eps=1e-6, ortho_lambda=100.0, gamma=1e-3)
 
     def gamma(self, d: Tensor, n_units: int) -> Tensor:
         return d.new_full((d.shape[0],), self.settings.gamma)

@@ -184,10 +184,11 @@ def train_epoch(run: RunState, epoch: int, start: int, bar: tqdm | None) -> None
     m_train = metrics.evaluate(net, iterate_batches(run.data.train, cfg.train.eval_batch_size, **loader))
     m_test = metrics.evaluate(net, iterate_batches(run.data.test, cfg.train.eval_batch_size, **loader))
     ortho = metrics.ortho_errors(net)
+    state = metrics.state_metrics(net)
     if epoch in cfg.record.probe_epochs:
         rec.probe(epoch, sched.step_count)
     wall = time.perf_counter() - t0
-    rec.epoch(epoch, m_train, m_test, ortho, wall)
+    rec.epoch(epoch, m_train, m_test, ortho, wall, state)
     rec.commit()
     faults.hit("train.epoch")
     run.last_test_top1 = m_test.top1

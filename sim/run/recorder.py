@@ -86,11 +86,12 @@ class Recorder:
                                   [t.cpu().numpy() for t in targets])
 
     def epoch(self, epoch: int, m_train: metrics.SplitMetrics, m_test: metrics.SplitMetrics, ortho: np.ndarray,
-              wall_s: float) -> None:
+              wall_s: float, state: dict[str, np.ndarray] | None = None) -> None:
+        """Append the epoch's metrics, orthogonality errors and the rules' learned-state metrics (``state``)."""
         self.archive.append_epoch(epoch, {
             "train_top1": m_train.top1, "train_top5": m_train.top5, "test_top1": m_test.top1,
             "test_top5": m_test.top5, "train_loss": m_train.loss, "test_loss": m_test.loss, "epoch_wall_s": wall_s,
-        }, ortho)
+        }, ortho, state)
 
     def commit(self, **attrs) -> None:
         """Make everything appended visible to readers, and set ``attrs``."""

@@ -212,8 +212,8 @@ def retry(run: RunState, failure: StepFailure) -> tuple[int, int]:
     restore(run, checkpoint)
     run.retries = retries
     scale = run.cfg.train.retry_lr_factor ** len(retries)
-    for group, rule in zip(run.sched.optimizer.param_groups, run.net.rules):
-        group["lr"] = rule.settings.lr * scale
+    for group, lr in zip(run.sched.optimizer.param_groups, run.sched.base_lrs):
+        group["lr"] = lr * scale  # every group: the layers' and the rules' own (learned feedback)
     run.rec.commit(retries=json.dumps(retries))
     log.warning(f"{exc}. Retry {len(retries)}/{run.cfg.train.max_retries}: back to step {checkpoint.step} "
                 f"({checkpoint.path}) with the learning rates scaled by {scale:g}")

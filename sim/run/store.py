@@ -47,6 +47,21 @@ def _flat(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def _declared_settings_only(doc: dict) -> dict:
+    """A stored config as it is stored today: a store written before rules declared their settings holds every
+    ``RuleSettings`` field under every rule (``settings.bp.eta``, which bp never read); those are left out, so such a
+    store still resumes under the same config."""
+    from sim.rules.registry import specs
+
+    settings = doc.get("settings")
+    if not isinstance(settings, dict):
+        return doc
+    known = specs()
+    kept = {rule: ({k: v for k, v in values.items() if k in known[rule].declared()}
+                   if rule in known and isinstance(values, dict) else values) for rule, values in settings.items()}
+    return {**doc, "settings": kept}
+
+
 #: the keys ``--allow-change`` may let differ on resume (``*``: one key part): what a recovery from a diverged run
 #: needs (a lower learning rate, the retry settings); everything else changes what a checkpoint holds or means
 CHANGEABLE = ("settings.*.lr", "train.on_nonfinite", "train.max_retries", "train.retry_lr_factor")
@@ -55,7 +70,7 @@ CHANGEABLE = ("settings.*.lr", "train.on_nonfinite", "train.max_retries", "train
 def config_changes(stored_json: str, cfg: RunConfig) -> dict[str, tuple[object, object]]:
     """``{key: (old, new)}`` for every setting in which ``cfg`` differs from the stored config, ``train.device``
     (a runtime setting) excepted; empty when they are the same run."""
-    old = _flat(json.loads(stored_json))
+    old = _flat(_declared_settings_only(json.loads(stored_json)))
     new = _flat(json.loads(cfg.to_json()))
     return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
             if k != "train.device" and old.get(k) != new.get(k)}

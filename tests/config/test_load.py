@@ -45,7 +45,7 @@ def test_schema_enums_equal_the_registries():
     assert tuple(props["data"]["properties"]["normalize"]["enum"]) == NORMALIZATIONS
     assert tuple(props["data"]["properties"]["on_bad_image"]["enum"]) == BAD_IMAGE_POLICIES
     assert set(s["$defs"]["layer"]["properties"]["kind"]["enum"]) == set(BUILDERS)
-    rs = s["$defs"]["rule_settings"]["properties"]
+    rs = props["settings"]["properties"]["gp"]["properties"]
     assert tuple(rs["arithmetic"]["enum"]) == ARITHMETICS
     assert tuple(rs["inverse"]["enum"]) == INVERSE_METHODS
 
@@ -56,7 +56,6 @@ def test_schema_sections_match_the_dataclasses():
     props, defs = s["properties"], s["$defs"]
     pairs = [(props["network"], NetworkSection), (props["data"], DataSection), (props["train"], TrainSection),
              (props["record"], RecordSection), (props["noise"], NoiseFloor), (defs["layer"], LayerSpec),
-             (defs["rule_settings"], get_rule("gp").defaults.__class__),
              (props["train"]["properties"]["step"], StepOptions)]
     for section, cls in pairs:
         assert set(section["properties"]) == {f.name for f in fields(cls)}, cls.__name__
@@ -145,7 +144,8 @@ def test_imagenet_configs_load_but_refuse_to_run_without_a_path(tmp_path):
 # ----- bad input names the key --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("change, pattern", [
     (lambda d: d["train"].update(epoch=3), r"train: unknown key 'epoch' \(did you mean 'epochs'\?\)"),
-    (lambda d: d.update(rules="gpp"), r"rules: 'gpp' is not one of \['bp', 'fa', 'gp', 'vgp'\]"),
+    (lambda d: d.update(rules="gpp"), r"rules: 'gpp' is not one of \['bp', 'brsf', 'dfa', 'fa', 'frsf', 'gp', 'kp', "
+                                      r"'usf', 'vgp'\]"),
     (lambda d: d.update(rules=["bp", "gq", "bp", "bp"]), r"rules\[1\]: 'gq' is not one of"),
     (lambda d: d["settings"]["gp"].update(lr=-1), r"settings\.gp\.lr: -1 is less than or equal to the minimum of 0"),
     (lambda d: d.update(rules=["gp", "gp"]), r"rules: 2 rule names given for a network of 4 layers"),

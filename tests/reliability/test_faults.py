@@ -394,9 +394,9 @@ def test_a_complete_store_that_is_damaged_is_not_passed_off_as_complete(setup, t
 
 # ----- 3. disk full, read-only folders ------------------------------------------------------------------------------
 def _appends_before_epoch(counts: dict[str, int], epoch: int) -> int:
-    """Archive appends of a run of DOC before epoch ``epoch``'s first: 10 probe appends at creation, 14 per epoch,
-    10 more for a probed epoch."""
-    per_epoch = [14 + (10 if e in DOC["record"]["probe_epochs"] else 0) for e in range(1, 4)]
+    """Archive appends of a run of DOC before epoch ``epoch``'s first: 10 probe appends at creation, 16 per epoch
+    (with the rules' feedback_angle and reconstruction_loss), 10 more for a probed epoch."""
+    per_epoch = [16 + (10 if e in DOC["record"]["probe_epochs"] else 0) for e in range(1, 4)]
     assert 10 + sum(per_epoch) == counts["archive.append"]
     return 10 + sum(per_epoch[: epoch - 1])
 

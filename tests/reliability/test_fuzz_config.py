@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from sim.config import _key_path, build_network, load_config, load_schema
 from sim.errors import ConfigError
 from sim.presets import PRESETS
-from sim.rules import RULES
+from sim.rules import RULES, get_spec
 
 RULE_NAMES = sorted(RULES)
 #: presets cheap enough to build in a fuzz test (the others are validated only)
@@ -88,14 +88,16 @@ def networks(draw, buildable: bool):
 
 
 @st.composite
-def rule_settings(draw):
+def rule_settings(draw, rule: str):
+    """Settings of ``rule``: only those it reads (sim.rules.registry: a setting it does not read is refused)."""
     out = {}
+    declared = get_spec(rule).declared()
     for key, strat in [("lr", small_floats), ("eps", st.floats(1e-12, 1e-2)), ("ortho_lambda", st.floats(0, 1e3)),
                        ("gamma", small_floats), ("eta", small_floats),
                        ("betas", st.lists(st.floats(0, 0.999), min_size=2, max_size=2)),
                        ("arithmetic", st.sampled_from(["difference", "target"])),
-                       ("inverse", st.sampled_from(["lu", "inv"]))]:
-        if draw(st.booleans()):
+                       ("inverse", st.sampled_from(["lu", "inv"])), ("decay", st.floats(0, 10))]:
+        if key in declared and draw(st.booleans()):
             out[key] = draw(strat)
     return out
 
@@ -109,7 +111,7 @@ def valid_configs(draw, buildable: bool = False):
     else:
         rules = draw(st.lists(st.sampled_from(RULE_NAMES), min_size=depth, max_size=depth))
     used = {rules} if isinstance(rules, str) else set(rules)
-    settings_doc = {r: draw(rule_settings()) for r in sorted(used) if draw(st.booleans())}
+    settings_doc = {r: draw(rule_settings(r)) for r in sorted(used) if draw(st.booleans())}
     epochs = draw(st.integers(1, 500))
     train = {"epochs": as_float_sometimes(draw, epochs)}
     optional = {

@@ -1,0 +1,37 @@
+"""The built-in rules' specs (torch-free): name, implementation, the settings each reads and its reference values
+(REFERENCE.md section 6). One entry per rule file in ``sim/rules/``; plugins add theirs through the ``gaitsim.rules``
+entry points instead (:mod:`sim.rules.registry`, docs/rules.md).
+"""
+
+from __future__ import annotations
+
+from sim.rules.registry import COMMON, RuleSpec
+
+#: the GP rules read the inverse's settings besides the common ones
+_GP = (*COMMON, "arithmetic", "inverse")
+#: FA's CIFAR-10 reference optimiser (REFERENCE.md section 6), shared by the fixed-feedback rules
+_FA_ADAM = {"lr": 2.5e-5, "betas": (0.9, 0.99), "eps": 1e-4}
+
+BUILTIN: tuple[RuleSpec, ...] = (
+    RuleSpec("bp", "sim.rules.bp:Backprop", "backprop, e_{l-1} = W^T (D e).",
+             defaults={"lr": 1.9e-5, "betas": (0.9, 0.999), "eps": 1e-6, "ortho_lambda": 0.0}),
+    RuleSpec("fa", "sim.rules.fa:FeedbackAlignment", "feedback alignment, e_{l-1} = B^T (D e), B fixed random "
+             "(Lillicrap et al. 2016).", defaults={**_FA_ADAM, "ortho_lambda": 0.0}),
+    RuleSpec("vgp", "sim.rules.vgp:VanillaGP", "vanilla GAIT-prop, a constant gamma (Ahmad et al. 2020).",
+             settings=(*_GP, "gamma"), defaults={"lr": 1.9e-5, "betas": (0.9, 0.999), "eps": 1e-6,
+                                                 "ortho_lambda": 100.0, "gamma": 1e-3}),
+    RuleSpec("gp", "sim.rules.gp:NormalizedGP", "normalized GAIT-prop (Dalm et al. 2023).",
+             settings=(*_GP, "eta"), defaults={"lr": 1.9e-5, "betas": (0.9, 0.999), "eps": 1e-6,
+                                               "ortho_lambda": 100.0, "eta": 1e-7}),
+    RuleSpec("dfa", "sim.rules.dfa:DirectFeedbackAlignment", "direct feedback alignment: the output error through "
+             "a fixed random B_l [n_l, n_out] (Nokland 2016).", defaults=dict(_FA_ADAM)),
+    RuleSpec("usf", "sim.rules.usf:UniformSignFeedback", "uniform sign-concordant feedback, B = sign(W) scaled "
+             "(Liao et al. 2016, as BioTorch).", defaults=dict(_FA_ADAM)),
+    RuleSpec("brsf", "sim.rules.brsf:BatchRandomSignFeedback", "sign-concordant feedback with random magnitudes "
+             "redrawn every batch, B = |M| sign(W) (Liao et al. 2016, as BioTorch).", defaults=dict(_FA_ADAM)),
+    RuleSpec("frsf", "sim.rules.frsf:FixedRandomSignFeedback", "sign-concordant feedback with fixed random "
+             "magnitudes, B = |M| sign(W) (Liao et al. 2016, as BioTorch).", defaults=dict(_FA_ADAM)),
+    RuleSpec("kp", "sim.rules.kp:KolenPollack", "Kolen-Pollack: a learned feedback B with W's update and decay "
+             "on both, so B -> W (Akrout et al. 2019).", settings=(*COMMON, "decay"),
+             defaults={**_FA_ADAM, "decay": 0.0}),
+)
