@@ -34,7 +34,7 @@ def test_the_noise_study_is_a_message_std_by_eta_grid(tmp_path):
     assert sweep_dims(ds) == ["message_std", "eta"]
     assert dict(ds.diverged.sizes) == {"experiment": 1, "message_std": 4, "eta": 4, "rule": 2, "seed": 1}
     assert list(ds.message_std.values) == [0.0, 1e-6, 1e-4, 1e-2] and list(ds.eta.values) == [1e-7, 1e-5, 1e-3, 1e-1]
-    assert list(ds.rule.values) == ["gp", "vgp"]                                # registry order
+    assert list(ds.rule.values) == ["vgp", "gp"]                                # registry order
     a = ds.angle.sel(eta=1e-5, message_std=0)                                   # the example
     assert a.dims == ("experiment", "rule", "seed", "step", "layer")
     for run in runs:                                                            # every run, selected by value

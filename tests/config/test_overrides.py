@@ -15,6 +15,7 @@ from sim.cli import main
 from sim.config import load_config
 from sim.config.overrides import apply_overrides, parse_assignment, set_key
 from sim.errors import ConfigError
+from sim.rules.registry import specs
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = yaml.safe_load((REPO / "configs" / "digits_shallow_gp.yaml").read_text())
@@ -36,7 +37,7 @@ def cli_error(tmp_path: Path, monkeypatch, capsys, folder: str, doc: dict, *flag
     ("settings.gp.lr=-1", "error: run.yaml: settings.gp.lr: -1 is less than or equal to the minimum of 0\n"),  # value
     ("train.epochs=2.5", "error: run.yaml: train.epochs: 2.5 is not of type 'integer'\n"),             # type
     ("train.epochs=three", "error: run.yaml: train.epochs: 'three' is not of type 'integer'\n"),        # type
-    ("rules=gpp", "error: run.yaml: rules: 'gpp' is not one of ['bp', 'fa', 'gp', 'vgp'] (did you mean 'gp'?)\n"),
+    ("rules=gpp", f"error: run.yaml: rules: 'gpp' is not one of {sorted(specs())} (did you mean 'gp'?)\n"),
 ])
 def test_set_errors_are_the_files(tmp_path, monkeypatch, capsys, assignment, expected):
     key, value = parse_assignment(assignment)
