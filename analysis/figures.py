@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -217,7 +218,9 @@ def _suptitle(fig: Figure, ds: xr.Dataset, text: str) -> None:
     unfinished = int((ds.unfinished.fillna(0) > 0).sum()) if "unfinished" in ds else 0
     note = (f"\nPARTIAL: {unfinished} of {int(runs_present(ds).sum())} runs unfinished (dotted; values so far, "
             "not results)") if unfinished else ""
-    fig.suptitle(f"{ds.attrs.get('study', 'study')}: {text}{note}", color="#b00000" if unfinished else None)
+    # wrapped to the figure's width (about 10 characters an inch at the title's size): a one-panel figure is narrow
+    title = textwrap.fill(f"{ds.attrs.get('study', 'study')}: {text}", width=max(30, int(fig.get_figwidth() * 10)))
+    fig.suptitle(f"{title}{note}", color="#b00000" if unfinished else None)
 
 
 def _line_kw(line: Line, ls: str = "-") -> dict:

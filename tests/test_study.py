@@ -67,6 +67,17 @@ def test_default_study_expands_into_its_runs():
     assert study_figures(config["studies"]["quick"]) == ["angle_layers", "angle_steps", "accuracy"]
 
 
+def test_per_rule_study_gives_each_rule_its_own_arithmetic():
+    runs = {r.folder.removeprefix("results/per_rule/"): r.config for r in expand(workflow_config("per_rule"), REPO)}
+    assert sorted(runs) == [f"digits_deep/rule~{r}/seed~0" for r in ("bp", "fa", "gp", "vgp")] + [
+        "gp_target32/rule~gp/seed~0"]
+    vgp, gp = runs["digits_deep/rule~vgp/seed~0"], runs["digits_deep/rule~gp/seed~0"]
+    assert vgp["train"]["dtype"] == "float64" and vgp["settings"]["vgp"]["arithmetic"] == "target"
+    assert gp["train"]["dtype"] == "float32" and gp["settings"]["gp"]["arithmetic"] == "difference"
+    assert runs["gp_target32/rule~gp/seed~0"]["settings"]["gp"]["arithmetic"] == "target"
+    assert runs["digits_deep/rule~bp/seed~0"]["train"]["dtype"] == "float32"
+
+
 def test_paper_study_without_and_with_imagenet(tmp_path):
     notes = []
     runs = expand(workflow_config("paper"), REPO, note=notes.append)
