@@ -1,4 +1,4 @@
-"""The run store (sim/archive.py) without training: growth, commits as the only visible state, truncation, old
+"""The run store (sim/archive/) without training: growth, commits as the only visible state, truncation, old
 layouts. (The checkpoint: tests/test_checkpoint.py; write errors and torn files: tests/reliability/.)"""
 
 from __future__ import annotations

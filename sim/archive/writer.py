@@ -1,39 +1,5 @@
-"""One zarr v3 store per run, growing as training runs (docs/runs.md has every variable, dim and unit).
-
-The store is written with zarr directly, in the layout xarray reads (``dimension_names`` on every array, non-index
-coordinates listed in each variable's ``coordinates`` attribute), so ``xr.open_zarr(store)`` gives a Dataset with
-
-* dims ``step`` (global optimizer step, 0-based), ``epoch`` (1-based), ``layer``, ``probe_epoch`` (the epochs
-  after which the probe batch was recorded, 0 = before training; coordinate ``probe_step``: steps taken by then),
-  ``sample`` (sample of the probe batch) and one set of unit dims per layer (``unit_<layer>`` for dense layers,
-  ``channel_/row_/col_<layer>`` for conv layers);
-* per step ``loss``, ``angle(step, layer)``, ``batch_size``; per epoch ``train_top1`` ... ``test_loss``,
-  ``ortho_error(epoch, layer)``, ``feedback_angle(epoch, layer)``, ``reconstruction_loss(epoch, layer)``,
-  ``epoch_wall_s``; per probe record ``activity_<layer>`` and ``target_<layer>``
-  ``(probe_epoch, sample, unit...)``; per sample ``probe_label``.
-
-"Checkpoint" means only resumable state (:mod:`sim.checkpoint`, ``STORE/_checkpoints/``). Stores written before
-the probe records were renamed (dims ``checkpoint`` and ``probe``, coordinate ``checkpoint_step``) read with the new
-names through :func:`open_run`; they cannot be resumed (:data:`OLD_NAMES`).
-
-**Growing safely.** Rows are appended per epoch: every array of a dim is resized and written, then :meth:`commit`
-rewrites the consolidated metadata in the root ``zarr.json`` (one atomic file replace). Readers use the consolidated
-metadata, so they see the store as of the last commit: a crash at any point leaves a readable, self-consistent
-prefix. zarr's ``LocalStore`` writes every file atomically (temp file + rename), so rewriting a partly filled chunk
-never leaves a torn chunk either (a kill leaves at most a ``*.partial`` temp file, removed on reopening).
-:meth:`truncate` cuts every dim back to given lengths (resume).
-
-**Checking what is kept.** Every block of rows is hashed (SHA-256 of its bytes) as it is written; the checkpoint
-stores these :attr:`RunArchive.digests`, and on resume :meth:`verify` re-reads the rows the checkpoint keeps and
-names every chunk file whose rows are missing, undecodable or changed (docs/reliability.md). Every commit also writes
-the digests of the committed rows into the root attribute :data:`DIGESTS_ATTR`, so readers verify a store without
-its checkpoints: :func:`open_run` does by default (:func:`verify_store`; :class:`DamagedStoreError` names each damaged
-chunk and array), and a damaged store is never read as zarr's fill values. A store is deleted by
-renaming it out of the way first (:func:`remove_store`), so no moment of a deletion leaves a half-deleted store that
-still reads as a run.
-
-Every ``OSError`` (full disk, read-only folder) becomes an :class:`ArchiveError` naming the store.
-"""
+"""Writing a run store: :class:`RunArchive` creates, grows, truncates, verifies and commits it; :func:`remove_store`
+deletes one without ever leaving a half-deleted store that reads as a run (the package docstring says how)."""
 
 from __future__ import annotations
 
@@ -43,12 +9,10 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,109 +20,17 @@ import numpy as np
 import zarr
 
 from sim import faults
-from sim.errors import GaitsimError
-
-#: rows per chunk along ``epoch`` and ``probe_epoch`` (coordinates); a step chunk holds one epoch's steps
-EPOCH_CHUNK = 64
-
-#: the growing dims, in the order of :class:`Lengths`
-GROWING = ("step", "epoch", "probe_epoch")
-
-#: old name -> name, for stores written before "checkpoint" came to mean only resumable state
-OLD_NAMES = {"checkpoint": "probe_epoch", "checkpoint_step": "probe_step", "probe": "sample"}
-
-#: what a layer name must look like to become part of variable and dim names (no path separators, no dots)
-SAFE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
-
-#: per-epoch scalar variables: name -> (units, long_name, description)
-EPOCH_METRICS: dict[str, tuple[str, str, str]] = {
-    "train_top1": ("1", "train top-1 accuracy",
-                   "top-1 accuracy on the whole train split after the epoch (fraction of samples)"),
-    "train_top5": ("1", "train top-5 accuracy",
-                   "top-5 accuracy (top-min(5, classes)) on the whole train split after the epoch"),
-    "test_top1": ("1", "test top-1 accuracy",
-                  "top-1 accuracy on the whole test split after the epoch (fraction of samples)"),
-    "test_top5": ("1", "test top-5 accuracy",
-                  "top-5 accuracy (top-min(5, classes)) on the whole test split after the epoch"),
-    "train_loss": ("nat", "train loss", "mean cross-entropy per sample on the whole train split after the epoch"),
-    "test_loss": ("nat", "test loss", "mean cross-entropy per sample on the whole test split after the epoch"),
-    "epoch_wall_s": ("s", "epoch wall time", "wall-clock time of the epoch: training steps, evaluation and recording"),
-}
-
-#: per-epoch, per-layer records of the rules' learned (or fixed) feedback (sim.rules.registry.STATE_METRICS):
-#: name -> description; NaN where a layer's rule reports none
-STATE_DESCRIPTIONS: dict[str, str] = {
-    "feedback_angle": "angle between each layer's feedback weight B (learned: kp; fixed: fa, usf, brsf, frsf) and its "
-                      "forward weight W after the epoch, in degrees (B -> W for Kolen-Pollack); NaN for other rules",
-    "reconstruction_loss": "local reconstruction loss of a learned feedback mapping (learned inverses) after the "
-                           "epoch; "
-                           "NaN for rules without one",
-}
-
-
-class ArchiveError(GaitsimError, OSError):
-    """The run store (or a checkpoint) could not be written or read: full disk, read-only folder, damaged store.
-    The message names the path."""
-
-
-class DamagedStoreError(ArchiveError):
-    """A run store whose rows do not match the checksums written with them (a chunk missing, undecodable or
-    changed): never to be read as a result. :attr:`problems` names each damaged chunk file and its array."""
-
-    def __init__(self, path: Path | str, problems: list[str]) -> None:
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"the run store {path} is damaged:\n{lines}\nIts results cannot be trusted: run it again "
-                         "(--overwrite) or restore it from a backup.")
-        self.path = Path(path)
-        self.problems = problems
-
-
-@contextlib.contextmanager
-def io_errors(path: Path | str, what: str) -> Iterator[None]:
-    """Turn an ``OSError`` raised inside the block into an :class:`ArchiveError` naming ``path``."""
-    try:
-        yield
-    except ArchiveError:
-        raise
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ArchiveError(f"cannot {what} {path}: {reason}; check that the folder is writable and the disk has "
-                           "space (the earlier checkpoints and the store's last commit are left intact: continue "
-                           "with --resume once fixed)") from exc
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """What the archive needs to know about one layer."""
-
-    name: str
-    """Layer name (``dense1`` ... ``output``)."""
-    rule: str
-    """Rule name."""
-    square: bool
-    """Whether the layer is square (has an orthogonality error)."""
-    out_shape: tuple[int, ...]
-    """Per-sample full output shape, aux units included."""
-
-    @property
-    def unit_dims(self) -> tuple[str, ...]:
-        """Dim names of one sample's activity: ``unit_<name>`` (dense) or ``channel/row/col_<name>`` (conv)."""
-        if len(self.out_shape) == 1:
-            return (f"unit_{self.name}",)
-        if len(self.out_shape) == 3:
-            return (f"channel_{self.name}", f"row_{self.name}", f"col_{self.name}")
-        return tuple(f"unit{i}_{self.name}" for i in range(len(self.out_shape)))
-
-
-@dataclass(frozen=True)
-class Lengths:
-    """How many rows the store holds along each growing dim."""
-
-    steps: int
-    epochs: int
-    probes: int
-    """Probe records (rows along ``probe_epoch``)."""
-
+from sim.archive.codecs import check_codecs
+from sim.archive.errors import ArchiveError, io_errors
+from sim.archive.layout import (
+    EPOCH_CHUNK,
+    EPOCH_METRICS,
+    GROWING,
+    SAFE_NAME,
+    STATE_DESCRIPTIONS,
+    LayerInfo,
+    Lengths,
+)
 
 _FILL = {"f": math.nan, "i": -1, "b": False}
 
@@ -560,104 +432,3 @@ def remove_store(path: Path | str) -> None:
                                "yourself, or choose another output path") from None
         faults.hit("archive.remove")
         shutil.rmtree(trash)
-
-
-#: the codecs a run store is written with (and the few other plain ones zarr offers); a store whose metadata names
-#: any other (``numcodecs.pickle``, an object codec, a third-party name resolved by import) is refused before a
-#: chunk is decoded: nothing loaded is executed, whatever the installed zarr/numcodecs would do with it
-SAFE_CODECS = frozenset({"bytes", "zstd", "crc32c", "gzip", "blosc", "transpose", "sharding_indexed", "vlen-utf8",
-                         "vlen-bytes"})
-
-
-def unsafe_codecs(path: Path | str) -> list[str]:
-    """``'file: codec'`` for every codec named in the store's metadata (each ``zarr.json``, the consolidated copy
-    in the root one included) that is not in :data:`SAFE_CODECS`; empty for a store we could have written."""
-    found = []
-
-    def walk(node: Any, where: Path) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key in ("codecs", "index_codecs") and isinstance(value, list):
-                    for codec in value:
-                        name = codec.get("name") if isinstance(codec, dict) else codec
-                        if name not in SAFE_CODECS:
-                            found.append(f"{where}: codec {name!r}")
-                walk(value, where)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value, where)
-
-    root = Path(path)
-    for name in (".zarray", ".zgroup", ".zmetadata", ".zattrs"):  # zarr v2: object codecs such as pickle
-        found += [f"{meta}: zarr v2 metadata (a run store is zarr v3)" for meta in sorted(root.rglob(name))]
-    for meta in sorted(root.rglob("zarr.json")) if root.is_dir() else []:
-        try:
-            walk(json.loads(meta.read_text(encoding="utf-8")), meta)
-        except (OSError, ValueError):
-            continue  # unreadable metadata is reported by whoever opens it
-    return found
-
-
-def check_codecs(path: Path | str) -> None:
-    """Refuse (ArchiveError) a store whose metadata names a codec a run never writes (see :data:`SAFE_CODECS`)."""
-    bad = unsafe_codecs(path)
-    if bad:
-        raise ArchiveError(f"{path} names codecs a gaitsim run never writes ({'; '.join(bad[:4])}"
-                           f"{'; ...' if len(bad) > 4 else ''}); refused before anything is decoded (such a codec "
-                           "can run code from the file). Do not open stores from untrusted sources")
-
-
-def read_attrs(path: Path | str) -> dict[str, Any] | None:
-    """The root attributes of the zarr store at ``path``, or None if ``path`` holds no zarr group."""
-    path = Path(path)
-    if not (path / "zarr.json").is_file():
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return dict(zarr.open_group(str(path), mode="r").attrs)
-    except Exception:  # noqa: BLE001 - anything unreadable is "not a run store"
-        return None
-
-
-def verify_store(path: Path | str) -> list[str] | None:
-    """Check every committed row of the run store at ``path`` against the digests of its last commit (the root
-    attribute :data:`DIGESTS_ATTR`); read-only, takes no lock. Returns one line per damaged chunk
-    (``'<chunk file> (<array>): <what is wrong>'``, empty if intact), or None for a store written before the digests
-    were kept in its attributes (it cannot be checked without its checkpoints)."""
-    path = Path(path)
-    try:
-        with _quiet_zarr():
-            group = zarr.open_group(str(path), mode="r")
-            digests = group.attrs.get(DIGESTS_ATTR)
-            if not isinstance(digests, dict):
-                return None
-            archive = RunArchive(path, group)
-    except ArchiveError as exc:
-        return [str(exc)]
-    except Exception as exc:  # noqa: BLE001 - damaged metadata shows up as many kinds of errors
-        return [f"{path / 'zarr.json'} (metadata): not readable ({type(exc).__name__}: {exc})"]
-    return archive.verify(archive.lengths, digests)
-
-
-def open_run(path: Path | str, *, verify: bool = True):
-    """The run's ``xarray.Dataset`` (lazy), as of its last commit: ``xr.open_zarr(path)`` with zarr's note that
-    consolidated metadata is not yet part of the v3 spec silenced. A store of the old layout comes with its probe
-    records' dims and coordinates renamed (:data:`OLD_NAMES`).
-
-    ``verify`` (default): first check every committed row against the checksums written with it
-    (:func:`verify_store`, one read of the store) and raise :class:`DamagedStoreError` naming each damaged chunk and
-    array, so that a missing chunk is never read as zarr's fill values; ``verify=False`` skips the check (faster)."""
-    import xarray as xr
-
-    check_codecs(path)
-    if verify:
-        problems = verify_store(path)
-        if problems:
-            raise DamagedStoreError(path, problems)
-    with _quiet_zarr():
-        ds = xr.open_zarr(str(path))
-    ds.attrs.pop(DIGESTS_ATTR, None)
-    if "checkpoint" in ds.dims:
-        ds = ds.rename({old: new for old, new in OLD_NAMES.items() if old in ds.variables or old in ds.dims})
-    return ds
