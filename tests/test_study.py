@@ -428,3 +428,11 @@ def test_epochs_override_shortens_every_run_and_drops_later_probes():
     assert expand(workflow_config(), REPO)[0].config["train"]["epochs"] == 5  # null: the run config's own
     with pytest.raises(Exception, match="epochs"):
         workflow_config(epochs=0)
+
+
+@pytest.mark.parametrize(("name", "study"), [("zoo", "zoo"), ("zoo", "zoo_cifar10"), ("reproduce", "reproduce"),
+                                             ("reproduce", "reproduce_digits")])
+def test_zoo_and_reproduce_runs_pass_the_complete_check(name, study):
+    """Beyond the schema: every rule fits the network it is put on (check_runs, as the study's first job)."""
+    runs = expand(workflow_config(name, study=study, cifar10={"kind": "npz", "path": "/d"}), REPO)
+    assert len(check_runs({r.folder: r.config for r in runs})) == len(runs)
