@@ -1,6 +1,7 @@
 """The Snakemake workflow as smoke tests (docs/workflow.md): lint, one dry run of the default study, the profiles,
 a bad run config stopped by check_configs before any job, and a full run of the tiny CI study (config/test.yaml)
-with its stores, figures, table, notebook and report. What the studies expand into (every study, sweeps, mixing,
+with its stores, figures, table, notebook and report; the reproduce study's dry run on GPUs and its digits variant run
+end to end. What the studies expand into (every study, sweeps, mixing,
 dataset paths, errors naming the key, the figures that apply) is tested without Snakemake in tests/test_study.py.
 
 Every invocation runs in a temporary working directory (``--directory``), so nothing lands in the repository and
