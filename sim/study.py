@@ -15,8 +15,9 @@ go under ``settings.<rule>`` of every rule a run uses, after its ``set``), over 
 experiments x sweep points (x mixing splits) x rules x seeds, named
 ``results/<study>/<experiment>[/<param>~<value>...]/rule~<rule>/seed~<seed>``. An experiment's ``rules: all`` is every
 registered rule in the registry's order (:func:`experiment_rules`), so a rule added to the registry joins a study
-without an edit; the workflow-wide ``epochs`` (:func:`with_epochs`) shortens every run of a study. :func:`study_figures` decides, once,
-which figures apply to a study; :mod:`analysis.figures` asks :func:`figures_for` the same question of a loaded study.
+without an edit; the workflow-wide ``epochs`` (:func:`with_epochs`) shortens every run of a study.
+:func:`study_figures` decides, once, which figures apply to a study; :mod:`analysis.figures` asks
+:func:`figures_for` the same question of a loaded study.
 
 Validation, once per workflow: :func:`expand` checks each resolved run against the one run schema
 (:func:`sim.config.schema.check_schema`) when asked (``validate=True``, the default: tests, scripts); the workflow
