@@ -10,13 +10,20 @@ Ratios between cases (``ratio_to_bp``, ``speedup_vs_reference``) are medians of 
 change between rounds does not move.
 
 FLOPs are counted analytically from the layer shapes (matmul/conv-class work only; elementwise ops, Adam included, are
-not counted), per step with batch ``B``:
+not counted: activations, GP's nudge, the sign-symmetry rules' ``sign(W)`` and BRSF's magnitudes redrawn every batch,
+KP's decay), per step with batch ``B``. The plasticity of a rule's learned state (:meth:`Rule.feedback_plasticity
+<sim.rules.base.Rule.feedback_plasticity>`) is not counted: KP's is a copy of the weight update (no FLOPs), but a
+rule that trains a learned inverse on a reconstruction loss does matmuls the count leaves out; each JSON row says so
+in ``flop_uncounted``. The parts:
 
 * forward ``2 B K`` for a layer of ``K`` multiply-adds per sample (``W.numel()`` per output position); a GP layer
   that skips its aux units (``StepOptions.skip_aux``, the default) computes only its ``width`` forwarded rows of
   ``W``, and ``K`` counts those;
-* messages: the same ``2 B K`` for every layer but the first (BP's transpose, FA's feedback; GP's solve with the LU
-  factors ``2 B n^2`` or its product with an explicit inverse or its first ``k`` columns, the same count);
+* messages: the same ``2 B K`` for every layer but the first (BP's transpose, FA's, the sign-symmetry rules' and
+  KP's feedback weight; GP's solve with the LU factors ``2 B n^2`` or its product with an explicit inverse or its
+  first ``k`` columns, the same count), except a layer whose layer below hears the broadcast channel (a direct rule,
+  DFA) sends none; instead every hidden layer of a direct rule receives ``B_l e``, ``2 B n_l n_out`` (``n_l`` its
+  output units, ``n_out`` the classes);
 * GP's factorisation per square layer and step: LU ``2/3 n^3``, or explicit inverse ``2 n^3`` (``inverse='inv'``);
   with LU, forming the ``k`` columns of ``M^{-1}`` a message passes through (all ``n`` for a conv layer that computes
   its aux channels, ``width`` when it skips them) ``2 n^2 k``;
@@ -78,6 +85,8 @@ EPOCH_SAMPLES = {"cifar10": 50_000, "imagenet": 1_281_167}
 
 #: the network preset and rules benchmarked without a run config
 DEFAULT_NET = "cifar10_deep"
+#: the paper's four rules: the default stays these (docs/performance.md's tables compare them, and timing every rule
+#: of the zoo on cifar10_deep takes minutes on a CPU); ``--rules all`` times every registered rule
 DEFAULT_RULES = ("bp", "fa", "vgp", "gp")
 #: the numerics-check mode benchmarked without a run config or ``check_numerics`` (one flag per step)
 DEFAULT_CHECK = "step"
@@ -100,8 +109,8 @@ class BenchOptions:
     net: str | None = None
     """Override: the network preset (with ``preset_kwargs``) in place of the config's network."""
     rules: tuple[str, ...] | None = None
-    """Override: one case per rule, the rule on every layer. None: the config's rules (one case) or, without a
-    config, bp, fa, vgp and gp."""
+    """Override: one case per rule, the rule on every layer; ``all`` (or ``*``) among them stands for every registered
+    rule in the registry's order. None: the config's rules (one case) or, without a config, :data:`DEFAULT_RULES`."""
     dtype: str | None = None
     """Override: dtype of the fast mode (``train.dtype``)."""
     arithmetic: str | None = None
@@ -192,7 +201,7 @@ def make_cases(opts: BenchOptions, base: RunConfig | None = None) -> list[Case]:
     reference mode."""
     base = base or base_config(opts)
     cuda = torch.device(base.train.device).type == "cuda"
-    rules = opts.rules if opts.rules is not None else (
+    rules = expand_rules(opts.rules) if opts.rules is not None else (
         (_rules_label(base.rules),) if opts.config is not None else DEFAULT_RULES)
     cases = []
     for mode in ("fast", "reference") if opts.reference_cost else ("fast",):
@@ -254,13 +263,16 @@ def step_flops(net: Network, batch: int, ortho_every: int = 1, narrow: list[bool
     ``symmetric_gram``: the step's options (:class:`~sim.step_options.StepOptions`)."""
     parts = dict.fromkeys(("forward", "messages", "weight_grads", "factorization", "regularizer"), 0.0)
     narrow = narrow or [False] * len(net.layers)
+    last = len(net.layers) - 1
     for i, (layer, rule, skip) in enumerate(zip(net.layers, net.rules, narrow)):
         positions = math.prod(layer.out_shape[1:])  # 1 for dense, H' W' for conv
         rows = layer.width if skip else layer.out_shape[0]  # output units (channels) computed
         macs = rows * layer.weight[0].numel() * positions * batch
         parts["forward"] += 2 * macs
         parts["weight_grads"] += 2 * macs
-        if i > 0:
+        if rule.direct and i < last:  # the broadcast channel: e_l = B_l e, B_l [n_l, n_out]
+            parts["messages"] += 2 * batch * math.prod(layer.out_shape) * net.classes
+        if i > 0 and not net.rules[i - 1].direct:  # a direct layer below hears the broadcast, not this layer
             n = layer.square_matrix().shape[0] if layer.square else 0
             # GP's message either solves for the (zero-padded) batch or goes through `rows` columns of the inverse
             solved = rule.inverts and not layer.forms_inverse_columns(rows, batch)
@@ -409,6 +421,27 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
 
 
 # ----- the run ------------------------------------------------------------------------------------------------------
+#: ``--rules all`` (or ``*``): every registered rule, in the registry's order
+ALL_RULES = ("all", "*")
+
+
+def expand_rules(rules: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """``rules`` with ``all`` (or ``*``) replaced by every registered rule in the registry's order
+    (:func:`sim.rules.registry.specs`: the built-in catalogue, then the ``gaitsim.rules`` plugins)."""
+    if rules is None or not any(r in ALL_RULES for r in rules):
+        return rules
+    from sim.rules.registry import specs
+
+    out = [name for r in rules for name in (specs() if r in ALL_RULES else [r])]
+    return tuple(dict.fromkeys(out))
+
+
+def learned_state_rules(net: Network) -> list[str]:
+    """The rules of ``net`` that own learned state (parameters of their own), whose plasticity the FLOP count leaves
+    out."""
+    return sorted({rule.name for rule in net.rules if any(True for _ in rule.parameters())})
+
+
 def validate(opts: BenchOptions) -> RunConfig:
     """Refuse options that cannot run, with a message; returns the base run config (:func:`base_config`)."""
     if opts.net is not None and opts.net not in PRESETS:
@@ -417,7 +450,8 @@ def validate(opts: BenchOptions) -> RunConfig:
         if not opts.rules:
             raise ConfigError("no rules to benchmark; give e.g. --rules bp,gp")
         for r in opts.rules:
-            get_rule(r)
+            if r not in ALL_RULES:
+                get_rule(r)
         if len(set(opts.rules)) != len(opts.rules):
             raise ConfigError(f"rules listed twice: {','.join(opts.rules)}")
     for name in ("batch", "steps", "repeats"):
@@ -525,6 +559,7 @@ def _run(opts: BenchOptions, base: RunConfig, device: torch.device, progress: Ca
             "ms_q1": 1000 * q1, "ms_q3": 1000 * q3, "ms_repeats": [1000 * v for v in times[case]],
             "repeats": opts.repeats, "steps_per_repeat": opts.steps,
             "flop_per_step": flops["total"], "flop_parts": {k: v for k, v in flops.items() if k != "total"},
+            "flop_uncounted": _uncounted(sched.net),
             "gflops": flops["total"] / t / 1e9,
             "matmul_n": n, "matmul_gflops": 2 * batch * n**2 / mm_batch / 1e9,
             "square_matmul_gflops": 2 * n**3 / mm_square / 1e9,
@@ -546,6 +581,15 @@ def _run(opts: BenchOptions, base: RunConfig, device: torch.device, progress: Ca
         ref = _match(rows, row, mode="reference") if row["mode"] == "fast" else None
         row["speedup_vs_reference"] = _paired_ratio(ref, row) if ref else None
     return rows
+
+
+def _uncounted(net: Network) -> list[str]:
+    """What the case's FLOP count leaves out (the ``flop_uncounted`` of a JSON row; see the module docstring)."""
+    out = ["elementwise work (activations, nudges, sign feedback, Adam, decay)"]
+    learned = learned_state_rules(net)
+    if learned:
+        out.append(f"the plasticity of the learned state of {', '.join(learned)} (Rule.feedback_plasticity)")
+    return out
 
 
 def _paired_ratio(num: dict, den: dict) -> float:

@@ -8,12 +8,16 @@ every selected study, every run is
       <- the dataset's workflow-wide settings (``imagenet_path``, ``cifar10``)
       <- the study's ``set``  <- the study's ``set_by_rule[rule]``
       <- the experiment's ``set``  <- the experiment's ``set_by_rule[rule]``
-      <- the sweep point's values  <- the rules  <- the seed
+      <- the sweep point's values  <- the rules  <- the seed  <- the workflow-wide ``epochs`` (when set)
 
-merged key by key (:func:`deep_merge`: mappings merge, everything else replaces), over the product
+merged key by key (:func:`deep_merge`: mappings merge, everything else replaces; an experiment's ``rule_settings``
+go under ``settings.<rule>`` of every rule a run uses, after its ``set``), over the product
 experiments x sweep points (x mixing splits) x rules x seeds, named
-``results/<study>/<experiment>[/<param>~<value>...]/rule~<rule>/seed~<seed>``. :func:`study_figures` decides, once,
-which figures apply to a study; :mod:`analysis.figures` asks :func:`figures_for` the same question of a loaded study.
+``results/<study>/<experiment>[/<param>~<value>...]/rule~<rule>/seed~<seed>``. An experiment's ``rules: all`` is every
+registered rule in the registry's order (:func:`experiment_rules`), so a rule added to the registry joins a study
+without an edit; the workflow-wide ``epochs`` (:func:`with_epochs`) shortens every run of a study.
+:func:`study_figures` decides, once, which figures apply to a study; :mod:`analysis.figures` asks
+:func:`figures_for` the same question of a loaded study.
 
 Validation, once per workflow: :func:`expand` checks each resolved run against the one run schema
 (:func:`sim.config.schema.check_schema`) when asked (``validate=True``, the default: tests, scripts); the workflow
@@ -187,12 +191,54 @@ def _check_rule_names(exp: dict, where: str) -> None:
     from sim.rules.registry import specs
 
     mix = exp.get("mix") or {}
-    named = [(f"{where}.rules[{i}]", r) for i, r in enumerate(exp.get("rules") or [])]
+    named = []
+    if not isinstance(exp.get("rules"), str):
+        named = [(f"{where}.rules[{i}]", r) for i, r in enumerate(exp.get("rules") or [])]
     named += [(f"{where}.mix.{k}", mix[k]) for k in ("below", "above") if k in mix]
     for key, rule in named:
         if rule not in specs():
             raise ConfigError.at(key, f"unknown rule {rule!r}{_suggest(rule, specs())}; registered rules: "
                                       f"{', '.join(sorted(specs()))}")
+
+
+#: the values of an experiment's ``rules`` that mean every registered rule
+ALL_RULES = ("all", "*")
+
+
+def experiment_rules(exp: dict, where: str) -> list[str]:
+    """The rules an experiment trains with: its list, or with ``rules: all`` (or ``"*"``) every registered rule in
+    the registry's order (:func:`sim.rules.registry.specs`: the built-in catalogue, then the plugins; torch-free), so
+    a rule registered later joins the study without an edit."""
+    from sim.rules.registry import specs
+
+    rules = exp["rules"]
+    if isinstance(rules, str):
+        if rules not in ALL_RULES:
+            raise ConfigError.at(f"{where}.rules", f"{rules!r} is not a list of rules; give a list, or `all` for "
+                                                   "every registered rule")
+        return list(specs())
+    return list(rules)
+
+
+def with_rule_settings(doc: dict, settings: dict | None, rules: Iterable[str]) -> dict:
+    """``doc`` with ``settings`` (an experiment's ``rule_settings``, e.g. ``{lr: 1.0e-3}``) merged under
+    ``settings.<rule>`` of each of ``rules``: one learning rate for every rule of a registry-driven experiment."""
+    if not settings:
+        return doc
+    return deep_merge(doc, {"settings": {rule: copy.deepcopy(settings) for rule in dict.fromkeys(rules)}})
+
+
+def with_epochs(doc: dict, epochs: int | None) -> dict:
+    """``doc`` trained for ``epochs`` (the workflow-wide override; None: its own ``train.epochs``). Probe epochs after
+    the new last epoch are dropped (the last epoch is probed instead), so a 200-epoch config runs shorter as is."""
+    if epochs is None:
+        return doc
+    doc = set_key(doc, "train.epochs", epochs)
+    probes = (doc.get("record") or {}).get("probe_epochs")
+    if probes is not None:
+        kept = sorted({e for e in probes if e <= epochs} | ({epochs} if any(e > epochs for e in probes) else set()))
+        doc = set_key(doc, "record.probe_epochs", kept)
+    return doc
 
 
 def _sweep_path(exp: dict, param: str, label: str, where: str) -> str:
@@ -220,7 +266,7 @@ def expand_study(config: dict, study: str, repo: Path, *, validate: bool = True,
             continue
         mix = exp.get("mix")
         _check_rule_names(exp, where)
-        labels = [f"{mix['below']}+{mix['above']}"] if mix else exp["rules"]
+        labels = [f"{mix['below']}+{mix['above']}"] if mix else experiment_rules(exp, where)
         check_set_by_rule(exp.get("set_by_rule") or {}, where, labels)
         for folders, values in sweep_points(exp):
             experiment = "/".join([name, *folders])
@@ -228,11 +274,16 @@ def expand_study(config: dict, study: str, repo: Path, *, validate: bool = True,
                 doc = apply_dataset(load_base(exp["run"], mix["above"] if mix else label, where, repo),
                                     exp.get("dataset"), config)
                 for section in (spec, exp):  # study, then experiment: each its `set`, then its rule's entry
-                    doc = deep_merge(deep_merge(doc, section.get("set") or {}), rule_set(section, label))
+                    doc = deep_merge(doc, section.get("set") or {})
+                    if section is exp:
+                        doc = with_rule_settings(doc, exp.get("rule_settings"),
+                                                 [mix["below"], mix["above"]] if mix else [label])
+                    doc = deep_merge(doc, rule_set(section, label))
                 for param, value in values.items():
                     if param != "split":
                         doc = set_key(doc, _sweep_path(exp, param, label, where), value)
                 doc["rules"] = _rules(exp, label, values.get("split"), where)
+                doc = with_epochs(doc, config.get("epochs"))
                 for seed in spec.get("seeds", [0]):
                     run_doc = set_key(doc, "train.seed", seed)
                     run_doc["name"] = f"{study}/{experiment}/rule~{label}/seed~{seed}"

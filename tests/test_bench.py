@@ -52,6 +52,21 @@ def test_bench_json_has_every_rule_and_the_reference_mode(capsys):
     assert all(r["host_syncs_per_step"] is None for r in rows)  # counted on CUDA only
 
 
+def test_bench_rules_all_times_every_registered_rule_in_registry_order(capsys):
+    from sim.rules.registry import specs
+
+    code = main(["bench", "--net", "digits_shallow", "--rules", "all", "--batch", "8", "--steps", "1", "--repeats",
+                 "1", "--warmup", "0", "--threads", "1", "--json"])
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["rule"] for r in rows] == list(specs())
+    for r in rows:
+        assert r["ms_per_step"] > 0 and r["flop_per_step"] > 0 and r["ratio_to_bp"] > 0
+        assert r["flop_uncounted"] and "elementwise" in r["flop_uncounted"][0]
+    learned = {r["rule"] for r in rows if len(r["flop_uncounted"]) > 1}
+    assert "kp" in learned and not learned & {"bp", "fa", "gp", "dfa"}
+
+
 def test_bench_without_reference_and_with_options(capsys):
     rows = _bench(capsys, "--rules", "gp", "--dtype", "float64", "--arithmetic", "target", "--check-numerics", "off",
                   "--ortho-every", "2")
@@ -118,6 +133,35 @@ def test_analytic_flops_match_torch_flop_counter(name, kwargs, rule, skip_aux, s
         counted -= sum(2 * x.shape[0] * layer.out_shape[0] ** 2 for layer, skip in zip(net.layers[1:], sched.narrow[1:])
                        if not layer.forms_inverse_columns(layer.width if skip else layer.out_shape[0], x.shape[0]))
     assert counter.get_total_flops() == pytest.approx(counted, rel=1e-9)
+
+
+def _registered_rules() -> list[str]:
+    from sim.rules.registry import specs
+
+    return list(specs())
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [("digits_deep", {}), ("cifar10_conv", {"width_mult": 0.25})])
+@pytest.mark.parametrize("rule", _registered_rules())
+def test_analytic_flops_of_every_registered_rule(name, kwargs, rule):
+    """Every rule's step against torch's counter: equal, except where the count leaves work out by design (GP's LU
+    solves, which the counter does not see either way, and a rule's learned-state plasticity: a lower bound)."""
+    from sim.bench import learned_state_rules
+
+    net = Network(preset(name, rule, **kwargs))
+    x, y = batch(net, 8)
+    sched = Scheduler(net, options=StepOptions(skip_aux=False))
+    with FlopCounterMode(display=False) as counter:
+        sched.train_step(x, y)
+    parts = step_flops(net, x.shape[0], narrow=sched.narrow)
+    counted = parts["forward"] + parts["weight_grads"] + parts["regularizer"] + parts["messages"]
+    if net.rules[0].inverts:  # solved messages: in the analytic count, not in the counter's
+        counted -= sum(2 * x.shape[0] * layer.out_shape[0] ** 2 for layer in net.layers[1:]
+                       if not layer.forms_inverse_columns(layer.out_shape[0], x.shape[0]))
+    if learned_state_rules(net):
+        assert counter.get_total_flops() >= counted * (1 - 1e-9)
+    else:
+        assert counter.get_total_flops() == pytest.approx(counted, rel=1e-9)
 
 
 def test_a_batch_wider_than_the_layers_counts_solves_not_inverse_columns():

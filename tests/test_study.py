@@ -311,3 +311,139 @@ def test_a_bad_value_in_a_rule_entry_names_the_run_and_key():
     with pytest.raises(ConfigError, match=r"rule gp, seed 0\): train: unknown key 'epoch'") as info:
         expand(config, REPO)
     assert info.value.key == "train.epoch"
+
+
+# ----- registry-driven studies: rules: all, rule_settings, the epochs override (issues 13 and 15) ----------------
+def mix_study(mix: dict) -> dict:
+    """A workflow config with one rule-mixing experiment on the shallow digits net (4 layers)."""
+    exp = {"run": "configs/digits_shallow_bp.yaml", "mix": {"layers": 4, **mix}, "rule_settings": {"lr": 1.0e-3}}
+    return workflow_config(study="bad", studies={"bad": {"experiments": {"e": exp}}})
+
+
+def registered() -> list[str]:
+    from sim.rules.registry import specs
+
+    return list(specs())
+
+
+@pytest.mark.parametrize("spelling", ["all", "*"])
+def test_rules_all_is_every_registered_rule_in_registry_order(spelling):
+    config = bad_study({"rules": spelling, "run": "configs/digits_shallow_bp.yaml", "rule_settings": {"lr": 2.0e-3}})
+    runs = expand(config, REPO)
+    assert [r.label for r in runs] == registered()
+    for run in runs:
+        assert run.config["rules"] == run.label
+        assert run.config["settings"][run.label]["lr"] == 2.0e-3  # rule_settings reach every rule's own settings
+
+
+def test_rules_all_follows_a_rule_registered_later(monkeypatch):
+    from sim.rules import registry
+    from sim.rules.registry import RuleSpec
+
+    extra = RuleSpec("zz_test", "nowhere:Rule", "a rule that joins the registry later.")
+    known = dict(registry.specs())
+    monkeypatch.setattr(registry, "specs", lambda: {**known, "zz_test": extra})
+    runs = expand(bad_study({"rules": "all", "run": "configs/digits_shallow_bp.yaml"}), REPO, validate=False)
+    assert [r.label for r in runs][-1] == "zz_test" and len(runs) == len(known) + 1
+
+
+def test_rule_settings_come_before_set_by_rule_and_an_unread_one_is_refused():
+    config = bad_study({"rules": "all", "run": "configs/digits_shallow_bp.yaml", "rule_settings": {"lr": 2.0e-3},
+                        "set_by_rule": {"gp": {"settings": {"gp": {"lr": 5.0e-4}}}}})
+    lrs = {r.label: r.config["settings"][r.label]["lr"] for r in expand(config, REPO)}
+    assert lrs["gp"] == 5.0e-4 and lrs["bp"] == lrs["kp"] == 2.0e-3
+    config = bad_study({"rules": ["bp"], "rule_settings": {"eta": 1.0e-3}})
+    with pytest.raises(ConfigError, match="eta"):
+        expand(config, REPO)
+
+
+def test_rules_must_be_a_list_or_all():
+    with pytest.raises(Exception, match="rules"):
+        bad_study({"rules": "gp"})
+
+
+def test_zoo_study_runs_every_registered_rule_on_both_nets():
+    n = len(registered())
+    runs = expand(workflow_config("zoo", study=["zoo", "zoo_cifar10"], cifar10={"kind": "npz", "path": "/d"}), REPO)
+    digits = [r for r in runs if r.study == "zoo"]
+    cifar = [r for r in runs if r.study == "zoo_cifar10"]
+    assert len(digits) == 2 * n and len(cifar) == n  # digits: two seeds
+    assert {r.label for r in digits} == {r.label for r in cifar} == set(registered())
+    for run in digits:
+        assert run.config["network"] == {"preset": "digits_deep"} and run.config["train"]["epochs"] == 5
+        assert run.config["settings"][run.label]["lr"] == 1.0e-3
+    for run in cifar:
+        assert run.config["network"] == {"preset": "cifar10_deep"} and run.config["train"]["dtype"] == "float32"
+        assert run.config["train"]["epochs"] == 200 and run.config["data"]["kind"] == "npz"
+        if run.label in ("gp", "vgp"):
+            assert run.config["settings"][run.label]["arithmetic"] == "difference"
+    assert study_figures(workflow_config("zoo")["studies"]["zoo"]) == ["angle_layers", "angle_steps", "accuracy"]
+
+
+def test_mixing_accepts_any_registered_rule_below_and_above():
+    rules = registered()
+    pairs = [(b, a) for b in rules for a in rules if b != a][:: max(1, len(rules) - 1)]  # every rule on each side
+    assert {b for b, _ in pairs} | {a for _, a in pairs} == set(rules)
+    for below, above in pairs:
+        runs = expand(mix_study({"below": below, "above": above, "splits": [0, 2]}), REPO)
+        assert [r.label for r in runs] == [f"{below}+{above}"] * 2
+        assert runs[1].config["rules"] == [below, below, above, above]
+        assert runs[1].config["settings"][below]["lr"] == runs[1].config["settings"][above]["lr"] == 1.0e-3
+
+
+def test_mixing_refuses_an_unregistered_rule():
+    config = mix_study({"below": "fa", "above": "gpp", "splits": [1]})
+    with pytest.raises(ConfigError, match=r"mix\.above.*did you mean 'gp'"):
+        expand(config, REPO)
+
+
+# the reproduce grid per network: the paper's 4 rules + BP/FA with the regulariser + GP without it + GP float32
+# target form + vGP/GP float32 difference form
+REPRODUCE = {"": 4, "_ortho": 2, "_noortho": 1, "_f32target": 1, "_f32diff": 2}
+
+
+@pytest.mark.parametrize(("study", "nets"), [("reproduce", ("cifar10_shallow", "cifar10_deep")),
+                                              ("reproduce_digits", ("digits_shallow", "digits_deep"))])
+def test_reproduce_study_is_the_paper_grid_and_its_controls(study, nets):
+    runs = expand(workflow_config("reproduce", study=study, cifar10={"kind": "npz", "path": "/d"}), REPO)
+    assert len(runs) == 2 * sum(REPRODUCE.values()) == 20
+    assert {r.experiment for r in runs} == {f"{net}{suffix}" for net in nets for suffix in REPRODUCE}
+    by = {(r.experiment, r.label): r.config for r in runs}
+    for net in nets:
+        for rule in ("bp", "fa", "vgp", "gp"):  # the paper's arithmetic: float64, GP/vGP in the target form
+            cfg = by[(net, rule)]
+            assert cfg["train"]["dtype"] == "float64"
+            assert cfg["network"]["preset"] == net
+            if rule in ("vgp", "gp"):
+                assert cfg["settings"][rule]["arithmetic"] == "target"
+        for rule in ("bp", "fa"):
+            assert by[(f"{net}_ortho", rule)]["settings"][rule]["ortho_lambda"] == 100
+            assert by[(net, rule)]["settings"][rule].get("ortho_lambda", 0) == 0
+        assert by[(f"{net}_noortho", "gp")]["settings"]["gp"]["ortho_lambda"] == 0
+        target = by[(f"{net}_f32target", "gp")]
+        assert target["train"]["dtype"] == "float32" and target["settings"]["gp"]["arithmetic"] == "target"
+        for rule in ("vgp", "gp"):
+            diff = by[(f"{net}_f32diff", rule)]
+            assert diff["train"]["dtype"] == "float32" and diff["settings"][rule]["arithmetic"] == "difference"
+    if study == "reproduce":
+        assert all(c["train"]["epochs"] == 200 and c["data"]["kind"] == "npz" for c in by.values())
+
+
+def test_epochs_override_shortens_every_run_and_drops_later_probes():
+    runs = expand(workflow_config("reproduce", epochs=10), REPO)
+    for run in runs:
+        assert run.config["train"]["epochs"] == 10
+        assert run.config["record"]["probe_epochs"] == [0, 1, 10]  # 50, 100, 200 dropped, the last epoch probed
+    runs = expand(workflow_config("reproduce", study="reproduce_digits", epochs=1), REPO)
+    assert all(r.config["train"]["epochs"] == 1 and r.config["record"]["probe_epochs"] == [0, 1] for r in runs)
+    assert expand(workflow_config(), REPO)[0].config["train"]["epochs"] == 5  # null: the run config's own
+    with pytest.raises(Exception, match="epochs"):
+        workflow_config(epochs=0)
+
+
+@pytest.mark.parametrize(("name", "study"), [("zoo", "zoo"), ("zoo", "zoo_cifar10"), ("reproduce", "reproduce"),
+                                             ("reproduce", "reproduce_digits")])
+def test_zoo_and_reproduce_runs_pass_the_complete_check(name, study):
+    """Beyond the schema: every rule fits the network it is put on (check_runs, as the study's first job)."""
+    runs = expand(workflow_config(name, study=study, cifar10={"kind": "npz", "path": "/d"}), REPO)
+    assert len(check_runs({r.folder: r.config for r in runs})) == len(runs)

@@ -3,6 +3,7 @@
 Example (the cifar10_deep table of docs/performance.md)::
 
     python -m sim bench --net cifar10_deep --rules bp,fa,vgp,gp --batch 256 --reference-cost
+    python -m sim bench --net cifar10_deep --rules all --batch 256       # every registered rule (the zoo)
 
 Every case is a run config: ``--config configs/cifar10_deep_gp.yaml`` times the step a run of that file takes (its
 ``train.step`` options included); the other flags override the file. Each ``--json`` row holds the case's resolved
@@ -34,8 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--net", help=f"network preset: {', '.join(sorted(PRESETS))} (default {DEFAULT_NET}, or the "
                                  "config's network)")
     p.add_argument("--rules", help=f"comma-separated rules, one case each, the rule on every layer "
-                                   f"({', '.join(sorted(RULES))}; default {','.join(DEFAULT_RULES)}, or the config's "
-                                   "rules as one case)")
+                                   f"({', '.join(RULES)}), or all: every registered rule in the registry's order "
+                                   f"(default {','.join(DEFAULT_RULES)}, the paper's four, or the config's rules as "
+                                   "one case)")
     p.add_argument("--dtype", choices=["float32", "float64"], help="dtype of the fast mode (default float32)")
     p.add_argument("--arithmetic", choices=["difference", "target"],
                    help="GP arithmetic of the fast mode (default: the rules' settings, difference)")

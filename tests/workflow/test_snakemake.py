@@ -1,6 +1,7 @@
 """The Snakemake workflow as smoke tests (docs/workflow.md): lint, one dry run of the default study, the profiles,
 a bad run config stopped by check_configs before any job, and a full run of the tiny CI study (config/test.yaml)
-with its stores, figures, table, notebook and report. What the studies expand into (every study, sweeps, mixing,
+with its stores, figures, table, notebook and report; the reproduce study's dry run on GPUs and its digits variant run
+end to end. What the studies expand into (every study, sweeps, mixing,
 dataset paths, errors naming the key, the figures that apply) is tested without Snakemake in tests/test_study.py.
 
 Every invocation runs in a temporary working directory (``--directory``), so nothing lands in the repository and
@@ -215,3 +216,32 @@ def test_diverging_run_fails_or_is_kept(tmp_path):
     assert load_study([folder / "run.zarr"]).diverged.item() == 1.0
     rows = (tmp_path / "results" / "nan" / "table.csv").read_text().splitlines()
     assert rows[1].startswith("e,bp,1,1,")
+
+
+# ----- the reproduce study (issue 15): the paper's grid and its controls ----------------------------------------------
+def test_reproduce_study_dry_run_at_200_epochs_on_gpus(tmp_path):
+    out = snakemake(tmp_path, "-n", "--configfile", config("reproduce"), "--config", "device=cuda",
+                    "cifar10={kind: npz, path: /data/cifar10_npz}", "--resources", "gpu=4")
+    assert out.returncode == 0, out.stdout
+    assert job_counts(out.stdout) == {"check_configs": 1, "run_config": 20, "run": 20, "figures": 1, "table": 1,
+                                      "all": 1, "total": 44}
+    assert "results/reproduce/cifar10_deep_f32target/rule~gp/seed~0/run.zarr" in out.stdout
+
+
+@pytest.mark.slow
+def test_reproduce_grid_on_digits_runs_end_to_end(tmp_path):
+    """The short CI variant: the same 20-run grid on the embedded digits, 1 epoch on 200 samples."""
+    small = tmp_path / "small.yaml"
+    small.write_text("studies:\n  reproduce_digits:\n    set:\n      data: {size: 200}\n"
+                     "      record: {angle_every: 3, probe_size: 16, checkpoint_every: 0}\n")
+    out = snakemake(tmp_path, "--cores", "2", "--configfile", config("reproduce"), str(small), "--config",
+                    "study=reproduce_digits", "epochs=1", "device=cpu")
+    assert out.returncode == 0, out.stdout
+    study = tmp_path / "results" / "reproduce_digits"
+    stores = sorted(study.glob("*/rule~*/seed~0/run.zarr"))
+    assert len(stores) == 20
+    ds = open_store(study / "digits_deep_f32target" / "rule~gp" / "seed~0" / "run.zarr")
+    assert ds.attrs["complete"] and ds.sizes["epoch"] >= 1
+    assert (study / "figures" / "angle_layers.png").read_bytes()[:8] == PNG_SIGNATURE
+    table = (study / "table.md").read_text()
+    assert "digits_deep_ortho" in table and "digits_shallow_f32diff" in table
