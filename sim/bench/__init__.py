@@ -33,7 +33,8 @@ in ``flop_uncounted``. The parts:
 
 The matmul/conv part is checked against ``torch.utils.flop_counter.FlopCounterMode`` in the tests (it does not count
 LU factorisations or triangular solves). "Achieved GFLOP/s" is that count over the median step time, to be read
-against the rate of a ``[B, n] x [n, n]`` and an ``n x n x n`` matmul measured in the same process and dtype.
+against the rate of a ``[B, n] x [n, n]`` and an ``n x n x n`` matmul measured in the same process and dtype
+(``n`` the widest layer, at most :data:`MATMUL_MAX_N`).
 
 Memory: on CUDA the peak of ``torch.cuda.max_memory_allocated`` during one step above what was allocated before it;
 on CPU the peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs``) during one step above the
@@ -89,6 +90,9 @@ from sim.bench.measure import host_syncs, matmul_seconds, quartiles, set_tf32, s
 from sim.config import RunConfig
 from sim.network import resolve_device
 
+#: the largest n of the reference matmuls ``[B, n] x [n, n]`` and ``[n, n] x [n, n]``
+MATMUL_MAX_N = 8192
+
 
 def run(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> list[dict]:
     """Benchmark every case of ``opts``; one result dict per case (the ``--json`` rows)."""
@@ -118,8 +122,10 @@ def _run(opts: BenchOptions, base: RunConfig, device: torch.device, progress: Ca
         built[case] = build_case(opts, case, base)
     times: dict[Case, list[float]] = {c: [] for c in cases}
     mm_times: dict[tuple[str, bool | None, int], list[dict[str, float]]] = {}
-    # the matmul each case is compared with: [B, n] x [n, n] for its widest layer (rows of the weight)
-    n_mm = {c: max(layer.weight.shape[0] for layer in built[c][0].net.layers) for c in cases}
+    # the matmul each case is compared with: [B, n] x [n, n] for its widest layer (rows of the weight), n at most
+    # MATMUL_MAX_N: the rate has long saturated there, and the n x n operand of a very wide layer (an output layer
+    # of 10^5 classes) would neither fit in memory nor finish
+    n_mm = {c: min(MATMUL_MAX_N, max(layer.weight.shape[0] for layer in built[c][0].net.layers)) for c in cases}
     for case in cases:
         sched, x, y, _ = built[case]
         set_tf32(case.tf32)
@@ -257,7 +263,8 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 __all__ = [
-    "ALL_RULES", "DEFAULT_CHECK", "DEFAULT_NET", "DEFAULT_RULES", "EPOCH_SAMPLES", "MAX_REPEATS", "MAX_STEPS",
+    "ALL_RULES", "DEFAULT_CHECK", "DEFAULT_NET", "DEFAULT_RULES", "EPOCH_SAMPLES", "MATMUL_MAX_N", "MAX_REPEATS",
+    "MAX_STEPS",
     "BenchOptions", "Case", "base_config", "build_case", "case_config", "expand_rules", "format_table",
     "host_syncs", "learned_state_rules", "make_cases", "matmul_seconds", "max_threads", "run", "state_mb",
     "step_flops", "step_memory_mb", "time_steps", "validate",

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from sim import checkpoint as ckpt_io
+
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = """\
 network: {preset: digits_shallow}
@@ -36,7 +38,8 @@ def test_signal_stops_the_run_with_a_message_and_a_log_line(tmp_path, sig):
     proc = subprocess.Popen([sys.executable, "-m", "sim", "run", str(cfg), "--out", str(out), "--quiet"],
                             cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while not (log.exists() and "epoch 1/10" in log.read_text()):
+    # after epoch 1's checkpoint is on disk (its log line comes first): the resume then continues from it
+    while not (log.exists() and "epoch 1/10" in log.read_text() and ckpt_io.manifest_path(out).exists()):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.1)

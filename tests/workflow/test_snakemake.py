@@ -153,8 +153,9 @@ def test_tiny_run_figures_and_table(tiny_run):
         assert png.read_bytes()[:8] == PNG_SIGNATURE
         assert matplotlib.image.imread(png).ndim == 3
     rows = (results / "table.csv").read_text().splitlines()
-    assert rows[0].startswith("experiment,rule,seeds,diverged,epochs,metric,train_acc_mean")
-    assert [r.split(",")[:5] for r in rows[1:]] == [["digits_shallow", rule, "2", "0", "1"] for rule in ("bp", "gp")]
+    assert rows[0].startswith("experiment,rule,seeds,diverged,unfinished,epochs,metric,train_acc_mean")
+    assert [r.split(",")[:6] for r in rows[1:]] == [["digits_shallow", rule, "2", "0", "0", "1"]
+                                                    for rule in ("bp", "gp")]
     md = (results / "table.md").read_text()
     assert "| digits_shallow | bp | 2 | 1 | top1 |" in md and "| digits_shallow | gp | 2 | 1 | top1 |" in md
 
