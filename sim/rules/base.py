@@ -110,6 +110,11 @@ class Rule(nn.Module):
         output, received message and its raw ``update``: local quantities only. Rules without learned state: ``{}``."""
         return {}
 
+    def feedback_lr(self) -> float:
+        """Learning rate of the Adam group of the rule's own parameters: the rule's ``lr`` unless the rule reads a
+        separate one (the learned inverses' ``feedback_lr``)."""
+        return self.settings.lr
+
     def after_step(self, layer: Layer) -> None:
         """Called by the scheduler once after every optimiser step (e.g. ``brsf`` redraws its magnitudes here)."""
 
