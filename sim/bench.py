@@ -215,7 +215,7 @@ def case_config(base: RunConfig, case: Case) -> RunConfig:
     used = set(doc["rules"]) if isinstance(doc["rules"], list) else {doc["rules"]}
     for rule in used:
         doc["settings"].setdefault(rule, {})
-        if case.arithmetic is not None and get_rule(rule).inverts:
+        if case.arithmetic is not None and get_rule(rule).factorizes:
             doc["settings"][rule]["arithmetic"] = case.arithmetic
             if case.mode == "reference":
                 doc["settings"][rule]["inverse"] = "inv"
@@ -227,7 +227,7 @@ def case_config(base: RunConfig, case: Case) -> RunConfig:
 def _gp_form(cfg: RunConfig) -> tuple[str, str]:
     """The case's ``(arithmetic, inverse)``: those of its inverting rule, '-' where it has none (or several)."""
     rules = {cfg.rules} if isinstance(cfg.rules, str) else set(cfg.rules)
-    forms = {(cfg.settings[r].arithmetic, cfg.settings[r].inverse) for r in rules if get_rule(r).inverts}
+    forms = {(cfg.settings[r].arithmetic, cfg.settings[r].inverse) for r in rules if get_rule(r).factorizes}
     return forms.pop() if len(forms) == 1 else ("-", "-")
 
 
@@ -263,9 +263,9 @@ def step_flops(net: Network, batch: int, ortho_every: int = 1, narrow: list[bool
         if i > 0:
             n = layer.square_matrix().shape[0] if layer.square else 0
             # GP's message either solves for the (zero-padded) batch or goes through `rows` columns of the inverse
-            solved = rule.inverts and not layer.forms_inverse_columns(rows, batch)
+            solved = rule.factorizes and not layer.forms_inverse_columns(rows, batch)
             parts["messages"] += 2 * batch * n * n if solved else 2 * macs
-            if rule.inverts:
+            if rule.factorizes:
                 parts["factorization"] += 2 * n**3 if rule.settings.inverse == "inv" else 2 / 3 * n**3
                 if rule.settings.inverse != "inv" and not solved:
                     parts["factorization"] += 2 * n**2 * rows  # columns of M^{-1} from the LU factors

@@ -60,6 +60,8 @@ class Rule(nn.Module):
     name: ClassVar[str]
     #: the layer must be square (invertible) under this rule
     inverts: ClassVar[bool] = False
+    #: the rule inverts its layer exactly (factorises ``W``; reads ``arithmetic`` and ``inverse``): GP, vGP, not lgp
+    factorizes: ClassVar[bool] = False
     #: this rule's layer receives the output error through the broadcast channel (:meth:`direct_message`)
     direct: ClassVar[bool] = False
     #: CIFAR-10 reference settings (REFERENCE.md section 6); set from the rule's spec by :func:`get_rule`

@@ -32,6 +32,7 @@ from sim.step_options import DEFAULT_STEP, StepOptions
 class LearnedInverseGP(LearnedInverse, NormalizedGP):
     name = "lgp"
     loss_kind = "drl"
+    factorizes = False  # square like GP, but no factorisation: V replaces W^-1
 
     def skips_aux(self) -> bool:
         return True  # difference form only: the aux units' d is zero (see sim.layers.base)
