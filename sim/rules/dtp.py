@@ -11,7 +11,8 @@ the multiplier passes through, so a DTP layer below a GP layer (tiny ``d``, larg
 :mod:`sim.rules.learned`'s ``V f^{-1}(h) + c``, trained on the reconstruction loss chosen by ``reconstruction``
 (``dtp``: Lee's, ``drl``: the one-layer difference reconstruction loss), so with ``V = W^{-1}`` the target is GP's
 exact one, ``W^{-1}(f^{-1}(t_l) - b)`` (tested). The layer's own update is every rule's, the gradient of
-``m ||t - a||^2``. Works on any dense layer (``V`` ``[n_in, n_out]``); the layer need not be square.
+``m ||t - a||^2``. Works on any dense or conv layer (``V = Q^T``, ``Q`` of ``W``'s shape); the layer need not be
+square.
 """
 
 from __future__ import annotations

@@ -46,5 +46,5 @@ class LearnedInverseGP(LearnedInverse, NormalizedGP):
         g = gamma.reshape(gamma.shape + (1,) * (a.dim() - 1))
         step = compiled_nudge() if options.compile_nudge else nudge
         v = step(layer.activation, a, msg.d, g)
-        d_in = self.invert_difference(v).reshape(a.shape[0], *layer.in_shape)
+        d_in = self.invert_difference(layer, v)
         return Message(d=d_in, m=msg.m / gamma)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sim import Network, NetworkConfig, Scheduler, ShapeError
+from sim import Network, NetworkConfig, Scheduler
 from sim.data import load_split
 from sim.data.spec import DataSpec
 from sim.metrics import state_metrics
@@ -27,11 +27,11 @@ def digits_batch(n=128, dtype=torch.float64):
 
 
 def set_exact_inverse(net: Network, i: int) -> None:
-    """``g_i = exact inverse of layer i``: ``V = W^{-1}``, ``c = -W^{-1} b``."""
+    """``g_i = exact inverse of layer i``: ``V = Q^T = W^{-1}``, ``c = -W^{-1} b``."""
     layer, rule = net.layers[i], net.rules[i]
     with torch.no_grad():
         inv = torch.linalg.inv(layer.weight)
-        rule.inverse_weight.copy_(inv)
+        rule.inverse_weight.copy_(inv.T)
         rule.inverse_bias.copy_(-inv @ layer.bias)
 
 
@@ -107,10 +107,27 @@ def test_the_noise_is_redrawn_every_step_and_fixed_within_one():
     assert not torch.equal(before, rule.noise(a_in))
 
 
-def test_a_conv_layer_is_refused_with_the_fix():
+@pytest.mark.parametrize("rule", ["dtp", "lgp"])
+def test_conv_layers_learn_their_inverse_too(rule):
+    """On a square conv layer, Q's patch matrix with the exact per-patch inverse gives GP's conv inverse message."""
+    x, y = digits_batch(32)
     cfg = NetworkConfig(input_shape=(1, 8, 8), classes=10,
-                        layers=(LayerSpec(4, kind="conv", kernel=3, stride=1),
-                                LayerSpec(4, kind="conv", kernel=3, stride=1)),
-                        rules=("bp", "dtp", "bp"), dtype="float64")
-    with pytest.raises(ShapeError, match="dense layers only; give this layer another rule"):
-        Network(cfg)
+                        layers=(LayerSpec(4, kind="conv", kernel=3, stride=2),
+                                LayerSpec(8, kind="conv", kernel=3, stride=1, square=True)),
+                        rules=("bp", rule, "bp"), settings={rule: RuleSettings(lr=1e-3, feedback_lr=1e-2)},
+                        dtype="float64")
+    net = Network(cfg)
+    layer, lrule = net.layers[1], net.rules[1]
+    assert layer.square
+    sched = Scheduler(net)
+    first = None
+    for _ in range(30):
+        sched.train_step(x, y)
+        first = first if first is not None else state_metrics(net)["reconstruction_loss"][1]
+    assert state_metrics(net)["reconstruction_loss"][1] < first
+    m = layer.square_matrix()
+    with torch.no_grad():
+        lrule.inverse_weight.copy_(torch.linalg.inv(m).T.reshape(layer.weight.shape))
+    assert lrule.state_metrics(layer)["feedback_angle"] < 1e-6
+    v = torch.randn((4, *layer.out_shape), dtype=torch.float64)
+    torch.testing.assert_close(lrule.invert_difference(layer, v), layer.inverse(v, layer.factorize()))

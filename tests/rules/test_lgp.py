@@ -32,7 +32,7 @@ def set_exact_inverses(net: Network) -> None:
     with torch.no_grad():
         for layer, rule in zip(net.layers, net.rules):
             if layer.square:
-                rule.inverse_weight.copy_(torch.linalg.inv(layer.weight))
+                rule.inverse_weight.copy_(torch.linalg.inv(layer.weight).T)
 
 
 def test_lgp_with_the_exact_inverse_equals_gp_at_every_step():
