@@ -64,6 +64,7 @@ class LearnedInverse(Rule):
         self.register_buffer("seed", torch.tensor(seed, dtype=torch.int64, device=w.device))
         self.register_buffer("draws", torch.zeros((), dtype=torch.int64, device=w.device))
         self.register_buffer("last_reconstruction_loss", torch.tensor(math.nan, dtype=torch.float64, device=w.device))
+        self._pending_loss: Tensor | None = None
 
     @property
     def reconstruction(self) -> str:
@@ -91,7 +92,7 @@ class LearnedInverse(Rule):
             * self.settings.reconstruction_std
 
     def reconstruction_gradients(self, layer: Layer, a_in: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """``(loss, grads)``: the mean of ``R^2`` and the gradient of ``sum R^2`` by parameter name."""
+        """``(loss, grads)``: the mean of ``R^2`` (a 0-dim tensor) and the gradient of ``sum R^2`` by parameter name."""
         xi = self.noise(a_in)
         act = layer.activation
         with torch.no_grad():
@@ -113,14 +114,17 @@ class LearnedInverse(Rule):
     def feedback_plasticity(self, layer: Layer, a_in: Tensor, a: Tensor, msg, update: dict[str, Tensor]
                             ) -> dict[str, Tensor]:
         """The reconstruction loss's gradient ``{'inverse_weight', 'inverse_bias'}`` (zero for ``c`` under ``drl``,
-        where it drops out); records the loss for :meth:`state_metrics`."""
+        where it drops out); its loss is recorded for :meth:`state_metrics` when the step is applied."""
         loss, grads = self.reconstruction_gradients(layer, a_in)
-        self.last_reconstruction_loss.copy_(loss)
-        return grads
+        self._pending_loss = loss  # recorded only if this step is applied (after_step): a compute-only call (an
+        return grads               # angle measurement, a probe) leaves the recorded state untouched
 
     @torch.no_grad()
     def after_step(self, layer: Layer) -> None:
-        """Next step's noise is a new draw."""
+        """The applied step's reconstruction loss becomes the recorded one; next step's noise is a new draw."""
+        if self._pending_loss is not None:
+            self.last_reconstruction_loss.copy_(self._pending_loss)
+            self._pending_loss = None
         self.draws += 1
 
     @torch.no_grad()

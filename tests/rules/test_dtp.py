@@ -4,6 +4,8 @@ its own optimiser group at ``feedback_lr``; a conv layer is refused with the fix
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -69,7 +71,8 @@ def test_with_g_the_exact_inverse_the_difference_corrected_target_is_the_exact_o
         torch.testing.assert_close(t_below, exact, rtol=1e-10, atol=1e-12)
         assert torch.equal(r.messages[i - 1].m, r.messages[i].m)  # the multiplier passes through
         # the exact inverse reconstructs perfectly: its loss is zero to float tolerance
-        assert net.rules[i].state_metrics(layer)["reconstruction_loss"] < 1e-24
+        loss, grads = net.rules[i].reconstruction_gradients(layer, a_in)
+        assert loss < 1e-24 and grads["inverse_weight"].abs().max() < 1e-10
         assert net.rules[i].state_metrics(layer)["feedback_angle"] < 1e-6
 
 
@@ -94,6 +97,18 @@ def test_the_feedback_mapping_has_its_own_optimiser_group_at_feedback_lr():
     assert [groups[n]["lr"] for n in net.names] == [1e-3] * 4
     assert {f"rules.{i}.{p}" for i in range(4) for p in ("inverse_weight", "inverse_bias", "seed", "draws")} \
         <= set(net.state_dict())
+
+
+def test_only_an_applied_step_records_its_reconstruction_loss():
+    x, y = digits_batch(32)
+    net = dtp_net()
+    sched = Scheduler(net)
+    sched.compute(x, y)  # an angle measurement or a probe: no step
+    assert all(math.isnan(v) for v in state_metrics(net)["reconstruction_loss"])
+    sched.train_step(x, y)
+    recorded = state_metrics(net)["reconstruction_loss"]
+    sched.compute(x[:16], y[:16])
+    assert (state_metrics(net)["reconstruction_loss"] == recorded).all()
 
 
 def test_the_noise_is_redrawn_every_step_and_fixed_within_one():
