@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 #: colours of the registered rules, in registry order (bp, fa, vgp, gp, the zoo, then rules added later)
 PALETTE = ("#222222", "#e07b00", "#1f77b4", "#8a4fbf", "#2ca02c", "#d62728", "#17becf", "#bcbd22", "#8c564b",
-           "#e377c2")
+           "#e377c2", "#393b79", "#637939")
 #: colours of names the registry does not know (mixtures, other versions' rules), picked by a hash of the name
 EXTRA_COLORS = ("#7f7f7f", "#9edae5", "#c49c94", "#f7b6d2", "#dbdb8d", "#aec7e8", "#ffbb78", "#98df8a")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")

@@ -2,7 +2,7 @@
 
 ``NetworkConfig`` declares any stack: the input shape, the hidden layers (dense or conv, with their widths), the
 number of classes and the rule of every layer. Which layers are square follows from the rules: a layer whose rule
-inverts (GP, vGP) is built square, with aux units where it forwards fewer units than it reads; the first layer is
+inverts (GP, vGP, lgp) is built square, with aux units where it forwards fewer units than it reads; the first layer is
 never square (it is never inverted); the output layer is square with the logits first under GP and plain
 (``n -> classes``) under BP and FA.
 """

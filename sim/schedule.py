@@ -255,7 +255,7 @@ class Scheduler:
             s = rule.settings
             own = list(rule.parameters())
             if own:
-                groups.append({"params": own, "lr": s.lr, "betas": tuple(s.betas), "eps": s.eps,
+                groups.append({"params": own, "lr": rule.feedback_lr(), "betas": tuple(s.betas), "eps": s.eps,
                                "name": f"{layer.name}.feedback"})
             if s.decay > 0:
                 group["weight_decay"] = s.decay

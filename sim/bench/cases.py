@@ -164,7 +164,7 @@ def case_config(base: RunConfig, case: Case) -> RunConfig:
     used = set(doc["rules"]) if isinstance(doc["rules"], list) else {doc["rules"]}
     for rule in used:
         doc["settings"].setdefault(rule, {})
-        if case.arithmetic is not None and get_rule(rule).inverts:
+        if case.arithmetic is not None and get_rule(rule).factorizes:
             doc["settings"][rule]["arithmetic"] = case.arithmetic
             if case.mode == "reference":
                 doc["settings"][rule]["inverse"] = "inv"
@@ -176,7 +176,7 @@ def case_config(base: RunConfig, case: Case) -> RunConfig:
 def gp_form(cfg: RunConfig) -> tuple[str, str]:
     """The case's ``(arithmetic, inverse)``: those of its inverting rule, '-' where it has none (or several)."""
     rules = {cfg.rules} if isinstance(cfg.rules, str) else set(cfg.rules)
-    forms = {(cfg.settings[r].arithmetic, cfg.settings[r].inverse) for r in rules if get_rule(r).inverts}
+    forms = {(cfg.settings[r].arithmetic, cfg.settings[r].inverse) for r in rules if get_rule(r).factorizes}
     return forms.pop() if len(forms) == 1 else ("-", "-")
 
 

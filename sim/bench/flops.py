@@ -30,9 +30,9 @@ def step_flops(net: Network, batch: int, ortho_every: int = 1, narrow: list[bool
         if i > 0 and not net.rules[i - 1].direct:  # a direct layer below hears the broadcast, not this layer
             n = layer.square_matrix().shape[0] if layer.square else 0
             # GP's message either solves for the (zero-padded) batch or goes through `rows` columns of the inverse
-            solved = rule.inverts and not layer.forms_inverse_columns(rows, batch)
+            solved = rule.factorizes and not layer.forms_inverse_columns(rows, batch)
             parts["messages"] += 2 * batch * n * n if solved else 2 * macs
-            if rule.inverts:
+            if rule.factorizes:
                 parts["factorization"] += 2 * n**3 if rule.settings.inverse == "inv" else 2 / 3 * n**3
                 if rule.settings.inverse != "inv" and not solved:
                     parts["factorization"] += 2 * n**2 * rows  # columns of M^{-1} from the LU factors

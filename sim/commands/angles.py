@@ -144,7 +144,7 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"layers": corr.layers, "angle_deg": angles}))
         return 0
-    forms = sorted({cfg.settings[r].arithmetic for r in set(corr.rules) if get_rule(r).inverts}) or ["-"]
+    forms = sorted({cfg.settings[r].arithmetic for r in set(corr.rules) if get_rule(r).factorizes}) or ["-"]
     print(f"net {cfg.network.preset or cfg.name}, rules {','.join(corr.rules)}, {'/'.join(forms)} form, "
           f"{cfg.train.dtype}, batch {x.shape[0]}, data {args.data or 'random'}, perturb {args.perturb}, "
           f"step options {cfg.train.step}")

@@ -60,6 +60,8 @@ class Rule(nn.Module):
     name: ClassVar[str]
     #: the layer must be square (invertible) under this rule
     inverts: ClassVar[bool] = False
+    #: the rule inverts its layer exactly (factorises ``W``; reads ``arithmetic`` and ``inverse``): GP, vGP, not lgp
+    factorizes: ClassVar[bool] = False
     #: this rule's layer receives the output error through the broadcast channel (:meth:`direct_message`)
     direct: ClassVar[bool] = False
     #: CIFAR-10 reference settings (REFERENCE.md section 6); set from the rule's spec by :func:`get_rule`
@@ -109,6 +111,11 @@ class Rule(nn.Module):
         """Raw updates of the rule's own parameters, by parameter name (``named_parameters``), from the layer's input,
         output, received message and its raw ``update``: local quantities only. Rules without learned state: ``{}``."""
         return {}
+
+    def feedback_lr(self) -> float:
+        """Learning rate of the Adam group of the rule's own parameters: the rule's ``lr`` unless the rule reads a
+        separate one (the learned inverses' ``feedback_lr``)."""
+        return self.settings.lr
 
     def after_step(self, layer: Layer) -> None:
         """Called by the scheduler once after every optimiser step (e.g. ``brsf`` redraws its magnitudes here)."""

@@ -34,4 +34,15 @@ BUILTIN: tuple[RuleSpec, ...] = (
     RuleSpec("kp", "sim.rules.kp:KolenPollack", "Kolen-Pollack: a learned feedback B with W's update and decay "
              "on both, so B -> W (Akrout et al. 2019).", settings=(*COMMON, "decay"),
              defaults={**_FA_ADAM, "decay": 0.0}),
+    RuleSpec("dtp", "sim.rules.dtp:DifferenceTargetProp", "difference target propagation: a learned feedback "
+             "g(h) = V f^-1(h) + c trained on a noisy reconstruction loss, d_{l-1} = g(a + d) - g(a) "
+             "(Lee et al. 2015; 'drl': Meulemans et al. 2020).",
+             settings=(*COMMON, "feedback_lr", "reconstruction_std", "reconstruction"),
+             defaults={"lr": 1.9e-5, "betas": (0.9, 0.999), "eps": 1e-6, "ortho_lambda": 0.0, "feedback_lr": 1e-4,
+                       "reconstruction_std": 0.1, "reconstruction": "dtp"}),
+    RuleSpec("lgp", "sim.rules.lgp:LearnedInverseGP", "normalized GAIT-prop whose exact inverse is a learned V -> "
+             "W^-1 trained on a local difference reconstruction loss (Dalm et al. 2023's proposed next step).",
+             settings=(*COMMON, "eta", "feedback_lr", "reconstruction_std"),
+             defaults={"lr": 1.9e-5, "betas": (0.9, 0.999), "eps": 1e-6, "ortho_lambda": 100.0, "eta": 1e-7,
+                       "feedback_lr": 1e-4, "reconstruction_std": 0.1}),
 )

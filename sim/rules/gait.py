@@ -36,6 +36,7 @@ class GaitProp(Rule):
     """Base of the GP rules; subclasses define :meth:`gamma`."""
 
     inverts = True
+    factorizes = True
 
     def gamma(self, d: Tensor, n_units: int) -> Tensor:
         """Per-sample step ``[B]`` for a difference ``d`` ``[B, *out_shape]`` about a layer of ``n_units`` units

@@ -32,6 +32,8 @@ from sim.errors import ConfigError
 ENTRY_POINT_GROUP = "gaitsim.rules"
 ARITHMETICS = ("difference", "target")
 INVERSE_METHODS = ("lu", "inv")
+#: the reconstruction losses a learned inverse (dtp, lgp) trains on
+RECONSTRUCTIONS = ("dtp", "drl")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,13 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("decay", "Kolen-Pollack: decoupled weight decay per step, lr * decay, on both the forward weight and its "
             "learned feedback weight (what makes the feedback converge to the forward weight).",
             {"type": "number", "minimum": 0}),
+    Setting("feedback_lr", "Learned inverse (dtp, lgp): Adam learning rate of the feedback mapping's own group.",
+            {"type": "number", "exclusiveMinimum": 0}),
+    Setting("reconstruction_std", "Learned inverse (dtp, lgp): std of the Gaussian noise added to the layer's input "
+            "for the reconstruction loss.", {"type": "number", "exclusiveMinimum": 0}),
+    Setting("reconstruction", "DTP's reconstruction loss: 'dtp' (Lee et al. 2015, ||g(f(W(a+xi)+b)) - (a+xi)||^2) or "
+            "'drl' (Meulemans et al. 2020's difference reconstruction loss, one layer: "
+            "||g(f(W(a+xi)+b)) - g(f(W a+b)) - xi||^2).", {"enum": list(RECONSTRUCTIONS)}),
 )}
 
 #: what a rule's learned state may report per layer (:meth:`sim.rules.base.Rule.state_metrics`); the run archive
@@ -102,6 +111,12 @@ class RuleSettings:
     step, the reference implementation's cost)."""
     decay: float = 0.0
     """Kolen-Pollack: decoupled weight decay (``p <- p - lr decay p`` each step) on W and on its learned feedback."""
+    feedback_lr: float = 1e-4
+    """Learned inverse (dtp, lgp): Adam learning rate of the feedback mapping's group."""
+    reconstruction_std: float = 0.1
+    """Learned inverse (dtp, lgp): std of the input noise of the reconstruction loss."""
+    reconstruction: str = "dtp"
+    """DTP's reconstruction loss: 'dtp' (Lee et al. 2015) or 'drl' (Meulemans et al. 2020, one layer)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Settings a plugin rule declares that are not fields of this class, by name."""
 
@@ -124,6 +139,12 @@ class RuleSettings:
             raise ConfigError(f"inverse must be one of {INVERSE_METHODS}, got {self.inverse!r}")
         if not self.decay >= 0:
             raise ConfigError(f"decay must be >= 0, got {self.decay}")
+        if not self.feedback_lr > 0:
+            raise ConfigError(f"feedback_lr must be positive, got {self.feedback_lr}")
+        if not self.reconstruction_std > 0:
+            raise ConfigError(f"reconstruction_std must be positive, got {self.reconstruction_std}")
+        if self.reconstruction not in RECONSTRUCTIONS:
+            raise ConfigError(f"reconstruction must be one of {RECONSTRUCTIONS}, got {self.reconstruction!r}")
 
     def get(self, name: str) -> Any:
         """The value of setting ``name`` (a field, or a plugin's setting in :attr:`extra`)."""

@@ -144,8 +144,8 @@ def test_imagenet_configs_load_but_refuse_to_run_without_a_path(tmp_path):
 # ----- bad input names the key --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("change, pattern", [
     (lambda d: d["train"].update(epoch=3), r"train: unknown key 'epoch' \(did you mean 'epochs'\?\)"),
-    (lambda d: d.update(rules="gpp"), r"rules: 'gpp' is not one of \['bp', 'brsf', 'dfa', 'fa', 'frsf', 'gp', 'kp', "
-                                      r"'usf', 'vgp'\]"),
+    (lambda d: d.update(rules="gpp"), r"rules: 'gpp' is not one of \['bp', 'brsf', 'dfa', 'dtp', 'fa', 'frsf', 'gp', "
+                                      r"'kp', 'lgp', 'usf', 'vgp'\]"),
     (lambda d: d.update(rules=["bp", "gq", "bp", "bp"]), r"rules\[1\]: 'gq' is not one of"),
     (lambda d: d["settings"]["gp"].update(lr=-1), r"settings\.gp\.lr: -1 is less than or equal to the minimum of 0"),
     (lambda d: d.update(rules=["gp", "gp"]), r"rules: 2 rule names given for a network of 4 layers"),

@@ -42,7 +42,7 @@ def test_the_spec_refuses_unread_settings_without_the_schema():
 
 
 def test_each_rule_declares_what_it_reads():
-    assert readers("eta") == ["gp"] and readers("gamma") == ["vgp"] and readers("decay") == ["kp"]
+    assert readers("eta") == ["gp", "lgp"] and readers("gamma") == ["vgp"] and readers("decay") == ["kp"]
     assert readers("arithmetic") == readers("inverse") == ["gp", "vgp"]
     for name, spec in specs().items():
         assert {"lr", "betas", "eps", "ortho_lambda"} <= set(spec.declared()), name

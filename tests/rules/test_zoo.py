@@ -155,10 +155,10 @@ def test_kp_feedback_is_a_parameter_with_its_own_optimiser_group():
     assert {f"rules.{i}.feedback_weight" for i in range(4)} <= set(net.state_dict())
 
 
-@pytest.mark.parametrize("rule", ["kp", "brsf"])
+@pytest.mark.parametrize("rule", ["kp", "brsf", "dtp", "lgp"])
 def test_resume_of_learned_state_is_bit_identical(rule):
     x, y = digits_batch(96)
-    settings = {rule: RuleSettings(lr=1e-3, decay=0.1) if rule == "kp" else RuleSettings(lr=1e-3)}
+    settings = {rule: RuleSettings(lr=1e-3, decay=0.1) if rule == "kp" else RuleSettings(lr=1e-3, feedback_lr=1e-2)}
     net = dense_net([rule] * 4, dtype="float32", settings=settings)
     sched = Scheduler(net)
     for _ in range(3):

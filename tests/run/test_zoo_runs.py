@@ -36,12 +36,27 @@ def test_a_kp_run_records_its_feedback_angle_falling(tmp_path, tiny_config, one_
     assert np.isnan(ds.reconstruction_loss.values).all()
 
 
-@pytest.mark.parametrize("rules", [["kp", "kp", "fa", "kp"], ["brsf", "dfa", "usf", "frsf"]])
+def test_dtp_and_lgp_runs_record_finite_reconstruction_loss_and_feedback_angle(tmp_path, tiny_config, one_thread):
+    doc = tiny_config(rules=["dtp", "lgp", "lgp", "bp"], settings={"dtp": {"feedback_lr": 1e-2},
+                                                                   "lgp": {"feedback_lr": 1e-2}},
+                      train={"epochs": 3}, data=SMALL,
+                      record={"angle_every": 5, "probe_size": 0, "probe_epochs": [3]})
+    ds = open_run(run(doc, tmp_path / "learned.zarr", progress=False))
+    angle, loss = ds.feedback_angle.values, ds.reconstruction_loss.values  # [epoch, layer]
+    assert np.isfinite(angle[:, :3]).all() and np.isfinite(loss[:, :3]).all(), (angle, loss)
+    assert np.isnan(angle[:, 3]).all() and np.isnan(loss[:, 3]).all()
+    assert (loss[-1, 1:3] < loss[0, 1:3]).all() and (angle[-1, 1:3] < angle[0, 1:3]).all(), (angle, loss)
+
+
+@pytest.mark.parametrize("rules", [["kp", "kp", "fa", "kp"], ["brsf", "dfa", "usf", "frsf"],
+                                   ["dtp", "lgp", "lgp", "dtp"]])
 def test_resume_with_learned_or_redrawn_feedback_equals_an_uninterrupted_run(tmp_path, tiny_config, monkeypatch,
                                                                              one_thread, rules):
     settings = {r: {"lr": 1e-3} for r in set(rules)}
     if "kp" in settings:
         settings["kp"]["decay"] = 0.5
+    for learned in {"dtp", "lgp"} & set(settings):
+        settings[learned]["feedback_lr"] = 1e-2
     doc = tiny_config(rules=rules, settings=settings, train={"epochs": 3}, data=SMALL,
                       record={"checkpoint_every": 1, "probe_epochs": [0, 3], "angle_every": 3})
     reference = run(doc, tmp_path / "ref.zarr", progress=False)
