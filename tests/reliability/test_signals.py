@@ -30,7 +30,9 @@ def env() -> dict[str, str]:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+# SIGHUP in the fast tier (the message and the log line); SIGTERM, which also runs the printed command to the end, slow
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGTERM, marks=pytest.mark.slow), signal.SIGHUP],
+                         ids=["SIGTERM", "SIGHUP"])
 def test_signal_stops_the_run_with_a_message_and_a_log_line(tmp_path, sig):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(CONFIG)

@@ -93,6 +93,7 @@ def test_a_plugin_rule_is_in_the_schema_with_its_settings_without_torch(plugin, 
     assert "settings.bp.scale: rule 'bp' does not read 'scale'" in out.stdout and "read by scaled_bp" in out.stdout
 
 
+@pytest.mark.slow  # fast sibling: the plugin spec loads and its settings reach the schema, torch-free
 def test_a_plugin_rule_runs_from_yaml_and_the_cli(plugin, tmp_path):
     config = tmp_path / "plugin.yaml"
     config.write_text(CONFIG)

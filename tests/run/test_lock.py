@@ -44,6 +44,7 @@ def _kill(proc) -> None:
     proc.join(30)
 
 
+@pytest.mark.slow  # fast siblings: the lock refuses --resume/--overwrite of a training run, a killed holder frees it
 def test_two_fresh_runs_at_once_one_is_refused_the_other_is_intact(tmp_path, tiny_config):
     cfg = _config(tmp_path, tiny_config)
     lone = tmp_path / "lone.zarr"

@@ -134,6 +134,7 @@ def lease_env(tmp_path: Path) -> dict[str, str]:
             "MKL_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow  # fast sibling: GAITSIM_DEVICE is read (an invalid value is one error line)
 def test_a_run_under_lease_trains_on_the_leased_device(tmp_path, tiny_config):
     # the config asks for cuda; the lease (no GPU here: the CPU) decides, through GAITSIM_DEVICE
     doc = tiny_config(train={"epochs": 1, "device": "cuda"}, record={"probe_epochs": [0]})
