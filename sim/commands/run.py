@@ -63,23 +63,50 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
+#: modules whose code must not be interrupted: zarr's I/O runs on a loop thread that the main thread waits for, and
+#: an exception raised in that wait leaves the loop's task to fail at interpreter exit with a traceback on stderr
+_IO_MODULES = ("zarr", "numcodecs", "asyncio", "concurrent.futures")
+
+
+def _in_io(frame) -> bool:
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(_IO_MODULES):
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
     """While the block runs, SIGTERM and SIGHUP raise :class:`~sim.errors.Stopped` (a KeyboardInterrupt), so the run
-    unwinds as on Ctrl-C (the log's last line names the signal) instead of dying silently."""
+    unwinds as on Ctrl-C (the log's last line names the signal) instead of dying silently. A signal that arrives
+    while the store is being read or written is raised when that I/O call returns (checked every 50 ms through
+    SIGALRM), never inside it."""
     from sim.errors import Stopped
 
+    pending: list[int] = []
+
     def stop(signum, frame):
+        if _in_io(frame):
+            pending[:] = [signum]
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            return
         raise Stopped(signum)
+
+    def again(_signum, frame):
+        if pending:
+            stop(pending[0], frame)
 
     try:
         before = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+        before[signal.SIGALRM] = signal.signal(signal.SIGALRM, again)
     except ValueError:  # not the main thread: leave the signals alone
         yield
         return
     try:
         yield
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         for s, handler in before.items():
             signal.signal(s, handler)
 

@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,14 +37,21 @@ def lock_path(out: Path | str) -> Path:
     return out.with_name(f".{name}.lock")
 
 
-def holder(path: Path | str) -> str:
-    """Who holds the lock file ``path``, as its holder wrote it ('an unknown process' if it cannot be read)."""
-    try:
-        info = json.loads(Path(path).read_text(encoding="utf-8"))
-        return (f"pid {info['pid']} on host {info['host']}, started {info['start_time']} "
-                f"({info.get('command', '?')})")
-    except (OSError, ValueError, KeyError, TypeError):
-        return "an unknown process (it has not written its name yet)"
+def holder(path: Path | str, wait: float = 1.0) -> str:
+    """Who holds the lock file ``path``, as its holder wrote it ('an unknown process' if it cannot be read).
+
+    A holder writes its name just after it takes the lock: a second writer that arrives in between waits up to
+    ``wait`` seconds for the name to appear."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            info = json.loads(Path(path).read_text(encoding="utf-8"))
+            return (f"pid {info['pid']} on host {info['host']}, started {info['start_time']} "
+                    f"({info.get('command', '?')})")
+        except (OSError, ValueError, KeyError, TypeError):
+            if time.monotonic() >= deadline:
+                return "an unknown process (it has not written its name yet)"
+            time.sleep(0.05)
 
 
 @contextlib.contextmanager
