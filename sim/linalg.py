@@ -116,3 +116,12 @@ def factorize(matrix: Tensor, *, layer: str, method: str = "lu", check: Check = 
                     "(ortho_lambda), lower the learning rate, or use float64."
                 )
     return factors
+
+
+def orthogonal(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """An orthogonal matrix (gain 1) of ``shape`` ``[rows, cols]``, drawn in float64 from ``generator`` (the same
+    draw whatever the network's dtype), in ``like``'s dtype and on its device: the initial forward weights and the
+    fixed or learned feedback weights of every rule."""
+    init = torch.empty(shape, dtype=torch.float64)
+    torch.nn.init.orthogonal_(init, gain=1.0, generator=generator)
+    return init.to(dtype=like.dtype, device=like.device)

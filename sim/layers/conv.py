@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from sim.activation import Activation
 from sim.errors import ShapeError
 from sim.layers.base import Layer
-from sim.linalg import InverseFactors
+from sim.linalg import InverseFactors, orthogonal
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -104,9 +104,7 @@ class Conv(Layer):
         self.weight = nn.Parameter(torch.empty(n_out, c_in, kernel, kernel, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.zeros(n_out, dtype=dtype, device=device))
         with torch.no_grad():
-            init = torch.empty(n_out, d, dtype=torch.float64)
-            nn.init.orthogonal_(init, gain=1.0, generator=generator)
-            self.weight.copy_(init.reshape(self.weight.shape))
+            self.weight.copy_(orthogonal((n_out, d), self.weight, generator).reshape(self.weight.shape))
         # n_x depends only on shapes: computed once, moves and casts with the module, never saved.
         self.register_buffer("coverage", self._coverage(dtype, device), persistent=False)
 

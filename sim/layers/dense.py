@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from sim.activation import Activation
 from sim.errors import ShapeError
 from sim.layers.base import Layer
-from sim.linalg import InverseFactors
+from sim.linalg import InverseFactors, orthogonal
 
 
 class Dense(Layer):
@@ -55,9 +55,7 @@ class Dense(Layer):
         self.weight = nn.Parameter(torch.empty(n_out, n_in, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.zeros(n_out, dtype=dtype, device=device))
         with torch.no_grad():
-            init = torch.empty(n_out, n_in, dtype=torch.float64)
-            nn.init.orthogonal_(init, gain=1.0, generator=generator)
-            self.weight.copy_(init)
+            self.weight.copy_(orthogonal((n_out, n_in), self.weight, generator))
 
     def extra_repr(self) -> str:
         kind = "square" if self.square else "plain"

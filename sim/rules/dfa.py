@@ -20,10 +20,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from sim.layers.base import Layer
-from sim.linalg import Check
+from sim.linalg import Check, orthogonal
 from sim.message import Message
 from sim.rules.base import Rule, RuleSettings, register
 from sim.step_options import DEFAULT_STEP, StepOptions
@@ -38,9 +38,8 @@ class DirectFeedbackAlignment(Rule):
                  classes: int | None = None) -> None:
         super().__init__(layer, settings, generator)
         n = math.prod(layer.out_shape)
-        init = torch.empty(n, classes if classes is not None else layer.width, dtype=torch.float64)
-        nn.init.orthogonal_(init, gain=1.0, generator=generator)
-        self.register_buffer("broadcast_weight", init.to(dtype=layer.weight.dtype, device=layer.weight.device))
+        shape = (n, classes if classes is not None else layer.width)
+        self.register_buffer("broadcast_weight", orthogonal(shape, layer.weight, generator))
 
     def direct_message(self, layer: Layer, a: Tensor, e: Tensor) -> Message:
         """``e_l = B_l e``: ``e`` ``[B, n_out]`` -> ``[B, *out_shape]``."""

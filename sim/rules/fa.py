@@ -6,10 +6,10 @@ independently of every forward weight. With ``B_l = W_l`` the rule is BP (tested
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from sim.layers.base import Layer
-from sim.linalg import Check
+from sim.linalg import Check, orthogonal
 from sim.message import Message
 from sim.rules.base import Rule, RuleSettings, register
 from sim.step_options import DEFAULT_STEP, StepOptions
@@ -21,10 +21,8 @@ class FeedbackAlignment(Rule):
 
     def __init__(self, layer: Layer, settings: RuleSettings, generator: torch.Generator | None = None) -> None:
         super().__init__(layer, settings, generator)
-        init = torch.empty(layer.weight.shape, dtype=torch.float64)
-        nn.init.orthogonal_(init, gain=1.0, generator=generator)
         # A buffer, not a parameter: it travels with the layer's device and checkpoints but is never trained.
-        self.register_buffer("feedback_weight", init.to(dtype=layer.weight.dtype, device=layer.weight.device))
+        self.register_buffer("feedback_weight", orthogonal(layer.weight.shape, layer.weight, generator))
 
     def message_down(self, layer: Layer, a_in: Tensor, a: Tensor, msg: Message, *, check: Check = True,
                      options: StepOptions = DEFAULT_STEP) -> Message:

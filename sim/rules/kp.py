@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from sim.layers.base import Layer
-from sim.linalg import Check
+from sim.linalg import Check, orthogonal
 from sim.message import Message
 from sim.rules.base import Rule, RuleSettings, register
 from sim.step_options import DEFAULT_STEP, StepOptions
@@ -33,9 +33,7 @@ class KolenPollack(Rule):
 
     def __init__(self, layer: Layer, settings: RuleSettings, generator: torch.Generator | None = None) -> None:
         super().__init__(layer, settings, generator)
-        init = torch.empty(layer.weight.shape, dtype=torch.float64)
-        nn.init.orthogonal_(init, gain=1.0, generator=generator)
-        self.feedback_weight = nn.Parameter(init.to(dtype=layer.weight.dtype, device=layer.weight.device))
+        self.feedback_weight = nn.Parameter(orthogonal(layer.weight.shape, layer.weight, generator))
 
     def message_down(self, layer: Layer, a_in: Tensor, a: Tensor, msg: Message, *, check: Check = True,
                      options: StepOptions = DEFAULT_STEP) -> Message:

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from sim.layers.base import Layer
+from sim.linalg import orthogonal
 from sim.rules.base import Rule, RuleSettings
 
 
@@ -56,9 +57,7 @@ class LearnedInverse(Rule):
     def __init__(self, layer: Layer, settings: RuleSettings, generator: torch.Generator | None = None) -> None:
         super().__init__(layer, settings, generator)
         w = layer.weight
-        init = torch.empty(w.shape, dtype=torch.float64)
-        nn.init.orthogonal_(init, gain=1.0, generator=generator)
-        self.inverse_weight = nn.Parameter(init.to(dtype=w.dtype, device=w.device))
+        self.inverse_weight = nn.Parameter(orthogonal(w.shape, w, generator))
         self.inverse_bias = nn.Parameter(torch.zeros(layer.in_shape, dtype=w.dtype, device=w.device))
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device="cpu").item())
         self.register_buffer("seed", torch.tensor(seed, dtype=torch.int64, device=w.device))
