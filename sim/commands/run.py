@@ -64,8 +64,10 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 #: modules whose code must not be interrupted: zarr's I/O runs on a loop thread that the main thread waits for, and
-#: an exception raised in that wait leaves the loop's task to fail at interpreter exit with a traceback on stderr
-_IO_MODULES = ("zarr", "numcodecs", "asyncio", "concurrent.futures")
+#: an exception raised in that wait leaves the loop's task to fail at interpreter exit with a traceback on stderr;
+#: torch's zip writer calls the file's ``write`` from C++ and turns an exception raised there into a short write
+#: ("unexpected pos"), so a stop during a checkpoint would end as a failed write instead of a clean stop
+_IO_MODULES = ("zarr", "numcodecs", "asyncio", "concurrent.futures", "sim.checkpoint", "torch.serialization")
 
 
 def _in_io(frame) -> bool:
@@ -80,8 +82,8 @@ def _in_io(frame) -> bool:
 def stop_on_signals() -> Iterator[None]:
     """While the block runs, SIGTERM and SIGHUP raise :class:`~sim.errors.Stopped` (a KeyboardInterrupt), so the run
     unwinds as on Ctrl-C (the log's last line names the signal) instead of dying silently. A signal that arrives
-    while the store is being read or written is raised when that I/O call returns (checked every 50 ms through
-    SIGALRM), never inside it."""
+    while the store or a checkpoint is being read or written is raised when that I/O call returns (checked every
+    50 ms through SIGALRM), never inside it."""
     from sim.errors import Stopped
 
     pending: list[int] = []
