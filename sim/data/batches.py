@@ -58,6 +58,7 @@ def iterate_batches(
     drop_last: bool = False,
     num_workers: int = 0,
     start_batch: int = 0,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield ``(x [B, C, H, W] float32, y [B] int64)`` for one epoch of ``ds`` in the order of :func:`epoch_order`.
 
@@ -69,15 +70,25 @@ def iterate_batches(
         shuffle: ``False`` visits the samples in index order.
         num_workers: decoding processes for streaming datasets; the order does not depend on it.
         start_batch: skip this many batches of the epoch (to resume); the rest are exactly those of a full pass.
+        shard: ``(rank, world_size)``: yield only this process's part of every (global) batch, the ``rank``-th of
+            ``torch.tensor_split(batch, world_size)`` (contiguous parts whose sizes differ by at most one), so the
+            ranks of a data-parallel run together visit each batch exactly once, and only decode their own part.
     """
     batch_size = _check_count("batch_size", batch_size, low=1)
     num_workers = _check_count("num_workers", num_workers, low=0)
     start_batch = _check_count("start_batch", start_batch, low=0)
+    rank, world_size = shard
+    world_size = _check_count("world_size", world_size, low=1)
+    rank = _check_count("rank", rank, low=0)
+    if rank >= world_size:
+        raise DataError(f"rank {rank} is not below the world size {world_size}")
     total = count_batches(ds, batch_size, drop_last)
     if start_batch > total:
         raise DataError(f"start_batch {start_batch} is past the end of the epoch ({total} batches of {batch_size})")
     order = epoch_order(len(ds), seed=seed, epoch=epoch, shuffle=shuffle)
     index_batches = list(order.split(batch_size))[start_batch:total]
+    if world_size > 1:
+        index_batches = [torch.tensor_split(b, world_size)[rank] for b in index_batches]
     if isinstance(ds, ImageDataset):
         yield from ds.batches(index_batches, num_workers=num_workers)
     else:
