@@ -29,10 +29,13 @@ include: "workflow/rules/figures.smk"
 include: "workflow/rules/table.smk"
 
 
+from sim.rules.registry import RULE_NAME  # after common.smk put this repo on sys.path
+
+
 wildcard_constraints:
     study=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     experiment=r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+~[A-Za-z0-9._+-]+)*",
-    rule=r"[a-z0-9]+(\+[a-z0-9]+)?",
+    rule=rf"{RULE_NAME}(\+{RULE_NAME})?",  # a rule, or a below+above mixture
     seed=r"[0-9]+",
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.metadata
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -30,6 +31,10 @@ from sim.errors import ConfigError
 
 #: the entry-point group plugins register their rules in
 ENTRY_POINT_GROUP = "gaitsim.rules"
+
+#: what a rule's name may be: it names store folders (``rule~<name>``) and mixtures (``<below>+<above>``), so lower
+#: case letters, digits and ``_`` only; the Snakefile's ``rule`` wildcard is built from it
+RULE_NAME = r"[a-z][a-z0-9_]*"
 ARITHMETICS = ("difference", "target")
 INVERSE_METHODS = ("lu", "inv")
 #: the reconstruction losses a learned inverse (dtp, lgp) trains on
@@ -225,6 +230,10 @@ def specs() -> dict[str, RuleSpec]:
         if not isinstance(spec, RuleSpec):
             raise ConfigError(f"the entry point {ep.name!r} = {ep.value!r} in group {ENTRY_POINT_GROUP!r} must name a "
                               f"sim.rules.registry.RuleSpec, got {type(spec).__name__}")
+        if not re.fullmatch(RULE_NAME, spec.name):
+            raise ConfigError(f"the rule plugin {ep.value!r} registers the name {spec.name!r}, which is not a rule "
+                              f"name ({RULE_NAME}: lower case letters, digits and '_', a letter first; it names "
+                              f"store folders and 'below+above' mixtures); rename the plugin's rule")
         if spec.name in out and out[spec.name] != spec:
             raise ConfigError(f"the rule plugin {ep.value!r} registers {spec.name!r}, a name already taken "
                               f"({out[spec.name].impl}); rename the plugin's rule")

@@ -128,3 +128,66 @@ def test_a_broken_plugin_is_named(plugin, tmp_path):
         "[gaitsim.rules]\nscaled_bp = zoo_plugin_rule:NOT_THERE\n")
     out = _python("from sim.config.schema import load_schema; load_schema()", plugin["env"], tmp_path)
     assert out.returncode != 0 and "rule plugin 'scaled_bp'" in out.stderr and "NOT_THERE" in out.stderr
+
+
+STUDY = """
+study: plug
+studies:
+  plug:
+    description: A plugin rule beside BP through the workflow.
+    seeds: [0]
+    set:
+      data: {{size: 200}}
+      train: {{epochs: 1}}
+      record: {{angle_every: 2, probe_size: 16, probe_epochs: [0, 1], checkpoint_every: 0}}
+      settings: {{scaled_bp: {{scale: 0.5}}}}
+    experiments:
+      digits_shallow:
+        run: {run}
+        rules: {rules}
+"""
+
+
+def _snakemake(workdir: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in env.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
+    return subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory",
+                           str(workdir), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=900)
+
+
+@pytest.mark.slow  # fast siblings: the schema test above; the workflow's own runs are tests/workflow/
+def test_a_plugin_rule_runs_through_the_workflow(plugin, tmp_path):
+    """The plugin joins `rules: all` and runs as a study's rule beside BP, with its own setting, to the table."""
+    run = ROOT / "configs" / "digits_shallow_bp.yaml"
+    work = tmp_path / "work"
+    work.mkdir()
+    every = tmp_path / "all.yaml"
+    every.write_text(STUDY.format(run=run, rules="all"))
+    dry = _snakemake(work, plugin["env"], "-n", "--configfile", str(every))
+    assert dry.returncode == 0, dry.stdout
+    assert "rule~scaled_bp" in dry.stdout and "rule~lgp" in dry.stdout
+    study = tmp_path / "plug.yaml"
+    study.write_text(STUDY.format(run=run, rules="[bp, scaled_bp]"))
+    out = _snakemake(work, plugin["env"], "--cores", "2", "--configfile", str(study))
+    assert out.returncode == 0, out.stdout
+    store = work / "results" / "plug" / "digits_shallow" / "rule~scaled_bp" / "seed~0" / "run.zarr"
+    check = _python(f"""
+        from sim.archive import open_run
+        ds = open_run({str(store)!r})
+        assert set(ds.rule.values) == {{"scaled_bp"}}, ds.rule.values
+        import json
+        settings = json.loads(ds.attrs["config"])["settings"]
+        assert settings["scaled_bp"]["scale"] == 0.5, settings
+        assert ds.sizes["epoch"] == 1
+        print("ok")
+    """, plugin["env"], tmp_path)
+    assert check.returncode == 0 and "ok" in check.stdout, check.stderr
+    table = (work / "results" / "plug" / "table.md").read_text()
+    assert "scaled_bp" in table and "bp" in table.replace("scaled_bp", "")
+
+
+def test_a_plugin_rule_name_that_cannot_name_a_store_folder_is_refused(plugin, tmp_path):
+    init = plugin["site"] / "zoo_plugin_rule" / "__init__.py"
+    init.write_text(init.read_text().replace('name="scaled_bp"', 'name="Scaled+BP"'))
+    out = _python("from sim.config.schema import load_schema; load_schema()", plugin["env"], tmp_path)
+    assert out.returncode != 0 and "'Scaled+BP', which is not a rule name" in out.stderr, out.stderr
