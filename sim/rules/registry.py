@@ -81,6 +81,21 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "||g(f(W(a+xi)+b)) - g(f(W a+b)) - xi||^2).", {"enum": list(RECONSTRUCTIONS)}),
 )}
 
+def setting_problem(setting: Setting, value: Any) -> str | None:
+    """Why ``value`` is not a valid value of ``setting`` (its JSON schema, and finite where it is a number), or
+    None. The one check of a setting's bounds, for config files and for :class:`RuleSettings` built in Python."""
+    import math
+
+    import jsonschema
+
+    plain = list(value) if isinstance(value, tuple) else value  # JSON arrays are lists; betas is kept as a tuple
+    numbers = plain if isinstance(plain, list) else [plain]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+        return f"{value!r} is not a finite number"
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(setting.schema).iter_errors(plain))
+    return None if error is None else f"{error.message} (expected: {setting.description})"
+
+
 #: what a rule's learned state may report per layer (:meth:`sim.rules.base.Rule.state_metrics`); the run archive
 #: records each per epoch and layer, NaN where a rule reports none
 STATE_METRICS = ("feedback_angle", "reconstruction_loss")
@@ -126,30 +141,12 @@ class RuleSettings:
     """Settings a plugin rule declares that are not fields of this class, by name."""
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
-        if not self.eps > 0:
-            raise ConfigError(f"eps must be positive, got {self.eps}")
-        if not self.ortho_lambda >= 0:
-            raise ConfigError(f"ortho_lambda must be >= 0, got {self.ortho_lambda}")
-        if not self.gamma > 0:
-            raise ConfigError(f"gamma must be positive, got {self.gamma}")
-        if not self.eta > 0:
-            raise ConfigError(f"eta must be positive, got {self.eta}")
-        if self.arithmetic not in ARITHMETICS:
-            raise ConfigError(f"arithmetic must be one of {ARITHMETICS}, got {self.arithmetic!r}")
-        if self.inverse not in INVERSE_METHODS:
-            raise ConfigError(f"inverse must be one of {INVERSE_METHODS}, got {self.inverse!r}")
-        if not self.decay >= 0:
-            raise ConfigError(f"decay must be >= 0, got {self.decay}")
-        if not self.feedback_lr > 0:
-            raise ConfigError(f"feedback_lr must be positive, got {self.feedback_lr}")
-        if not self.reconstruction_std > 0:
-            raise ConfigError(f"reconstruction_std must be positive, got {self.reconstruction_std}")
-        if self.reconstruction not in RECONSTRUCTIONS:
-            raise ConfigError(f"reconstruction must be one of {RECONSTRUCTIONS}, got {self.reconstruction!r}")
+        # the bounds are the ones the config schema shows (SETTINGS), checked here too because RuleSettings is
+        # also built in Python (tests, bench, notebooks) without going through a config file
+        for name in FIELDS:
+            problem = setting_problem(SETTINGS[name], getattr(self, name))
+            if problem:
+                raise ConfigError(f"{name}: {problem}")
 
     def get(self, name: str) -> Any:
         """The value of setting ``name`` (a field, or a plugin's setting in :attr:`extra`)."""
@@ -197,6 +194,10 @@ class RuleSpec:
             values["betas"] = tuple(values["betas"])
         known = {k: v for k, v in values.items() if k in FIELDS}
         extra = {k: v for k, v in values.items() if k not in FIELDS}
+        for key, value in extra.items():  # a plugin's own settings (the fields check themselves)
+            problem = setting_problem(declared[key], value)
+            if problem:
+                raise ConfigError.at(f"{where}.{key}", problem)
         try:
             return RuleSettings(**known, extra=extra)
         except ConfigError as exc:
