@@ -5,7 +5,7 @@ Python (tests/test_study.py) instead of through a Snakemake launch; ``workflow/r
 every selected study, every run is
 
     base run config of the experiment (its file, ``{rule}`` filled in, or its inline mapping)
-      <- the dataset's workflow-wide settings (``imagenet_path``, ``cifar10``)
+      <- the dataset's workflow-wide settings (``imagenet_path``, ``cifar10``, ``imagenet_sample``)
       <- the study's ``set``  <- the study's ``set_by_rule[rule]``
       <- the experiment's ``set``  <- the experiment's ``set_by_rule[rule]``
       <- the sweep point's values  <- the rules  <- the seed  <- the workflow-wide ``epochs`` (when set)
@@ -154,12 +154,17 @@ def imagenet_root(config: dict) -> str | None:
     return str(root)
 
 
+#: datasets whose workflow-wide data section is the workflow config key of the same name
+DATA_SECTIONS = ("cifar10", "imagenet_sample")
+
+
 def apply_dataset(doc: dict, dataset: str | None, config: dict) -> dict:
-    """``doc`` with the workflow-wide data settings of its dataset (``imagenet_path``, ``cifar10``)."""
+    """``doc`` with the workflow-wide data settings of its dataset (``imagenet_path``, or the data section
+    ``cifar10`` / ``imagenet_sample``: with ``kind`` it replaces the run's data section, without it is merged in)."""
     if dataset == "imagenet":
         return deep_merge(doc, {"data": {"path": imagenet_root(config)}})
-    if dataset == "cifar10":
-        section = config.get("cifar10") or {}
+    if dataset in DATA_SECTIONS:
+        section = config.get(dataset) or {}
         if "kind" in section:  # another source (e.g. the npz copy): its own complete data section
             return {**doc, "data": copy.deepcopy(section)}
         return deep_merge(doc, {"data": section})
@@ -340,9 +345,19 @@ def check_runs(docs: dict[str, dict]) -> dict[str, dict]:
     resolved, problems = {}, []
     for folder, doc in docs.items():
         try:
-            resolved[folder] = validate_config(dict(doc), source=f"{folder}/config.yaml").to_dict()
+            cfg = validate_config(dict(doc), source=f"{folder}/config.yaml")
         except ConfigError as exc:
             problems.append(exc)
+            continue
+        try:
+            cfg.data.spec()  # a run may leave data.path to be set later; a workflow job may not
+        except ConfigError as exc:
+            problems.append(ConfigError(
+                f"{folder}/config.yaml: {exc} In a study, give it in the experiment's `set` or, for an experiment "
+                f"with a `dataset`, in that dataset's workflow setting ({', '.join(DATA_SECTIONS)}, imagenet_path), "
+                f"e.g. --config 'imagenet_sample={{path: data/imagenet_sample/tiny200_64}}'.", key=exc.key))
+            continue
+        resolved[folder] = cfg.to_dict()
     if problems:
         raise ConfigError(f"{len(problems)} of {len(docs)} run configs are invalid:\n"
                           + "\n".join(f"  - {p}" for p in problems), key=problems[0].key)

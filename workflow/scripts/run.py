@@ -20,6 +20,12 @@ with Lease("cpu", None) if device == "cpu" else lease_gpu(config["gpu_lease_time
 
     from sim.run import run
 
+    from sim.errors import GaitsimError
+
     torch.set_num_threads(snakemake.threads)
-    run(snakemake.input.config, snakemake.output.store, device=lease.device, progress=False,
-        log_file=snakemake.log[0], publish=True, on_diverge=config["studies"][snakemake.wildcards.study]["on_diverge"])
+    try:
+        run(snakemake.input.config, snakemake.output.store, device=lease.device, progress=False,
+            log_file=snakemake.log[0], publish=True,
+            on_diverge=config["studies"][snakemake.wildcards.study]["on_diverge"])
+    except GaitsimError as exc:  # what is wrong and what to do, one line (as `python -m sim run` prints it)
+        sys.exit(f"error: {exc}")
