@@ -1,0 +1,189 @@
+"""The numbers and figures of the reproduction report (docs/reproduction.md, issue 15) from the reproduce studies.
+
+``python -m analysis.reproduction RESULTS --out docs/reproduction [--partial]`` reads ``RESULTS/reproduce`` (the
+paper's CIFAR-10 grid and its controls) and ``RESULTS/reproduce_imagenet_sample`` (the conv net on the ImageNet
+sample), whichever exist, and writes
+
+- ``numbers.md``: per network, one row per run group (rule · experiment): epochs trained, final train and test
+  accuracy (and test top-5), the angle to BP averaged over the hidden layers (all recorded steps, and the last
+  epoch's), and each layer's angle in the last epoch; then the controls' answer to "is GP's gap to BP the
+  regulariser?" (test accuracy differences after the last epoch);
+- ``figures/layers_<network>.png``: each hidden layer's angle to BP over training, one panel per layer (the paper's
+  per-layer figures), a line per run group, smoothed over one epoch of recorded steps.
+
+The report's prose quotes these files; they are regenerated, never edited. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from analysis.figures import Line, _angle_axis, _grid, _line_kw, final, panels
+
+STUDIES = ("reproduce", "reproduce_imagenet_sample")
+
+
+def _hidden(line: Line) -> list[str]:
+    """The layers below the output that this run group's network has."""
+    has = line.runs.layer_rule.notnull().any([d for d in line.runs.layer_rule.dims if d != "layer"])
+    return [str(layer) for layer in line.runs.layer.values if str(layer) != "output" and bool(has.sel(layer=layer))]
+
+
+def _last_epoch_steps(line: Line) -> xr.DataArray:
+    """Boolean mask over ``step``: the recorded steps of the last epoch every seed of the group reached."""
+    epochs = line.runs.step_epoch.max("step", skipna=True).min("seed", skipna=True)
+    return (line.runs.step_epoch == epochs).any("seed")
+
+
+def rows(ds: xr.Dataset) -> pd.DataFrame:
+    """One row per run group of ``ds`` (a loaded study), in the figures' panel and line order."""
+    out = []
+    for panel in panels(ds):
+        metric = panel.metric
+        for line in panel.lines:
+            runs = line.runs
+            layers = _hidden(line)
+            angle = runs.angle.sel(layer=layers)
+            last = angle.where(_last_epoch_steps(line))
+            row = {"network": panel.title.split("\n")[0], "rule": line.rule, "experiment": line.experiment,
+                   "epochs": int(np.isfinite(runs[f"test_{metric}"]).sum("epoch").min()),
+                   "unfinished": bool(line.unfinished), "metric": metric,
+                   "train": float(final(runs[f"train_{metric}"]).mean()),
+                   "test": float(final(runs[f"test_{metric}"]).mean()),
+                   "test_top5": float(final(runs["test_top5"]).mean()),
+                   "angle_all": float(angle.mean(skipna=True)), "angle_last": float(last.mean(skipna=True))}
+            for layer in layers:
+                row[f"last:{layer}"] = float(last.sel(layer=layer).mean(skipna=True))
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def _f(value: float, digits: int) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def rows_markdown(table: pd.DataFrame) -> str:
+    """``table`` (of :func:`rows`) as one markdown table per network."""
+    parts = []
+    for network, group in table.groupby("network", sort=False):
+        layers = [c for c in group.columns if c.startswith("last:") and group[c].notna().any()]
+        metric = group.metric.iloc[0]
+        head = (["rule · experiment", "epochs", f"train {metric}", f"test {metric}", "test top5", "angle (all)",
+                 "angle (last epoch)"] + [c.split(":", 1)[1] for c in layers])
+        lines = [f"### {network}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for _, r in group.iterrows():
+            name = f"{r.rule} · {r.experiment}" + (" (unfinished)" if r.unfinished else "")
+            cells = [name, str(r.epochs), _f(r.train, 3), _f(r.test, 3), _f(r.test_top5, 3), _f(r.angle_all, 2),
+                     _f(r.angle_last, 2)]
+            cells += [_f(r[c], 1) for c in layers]
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def regulariser_control(table: pd.DataFrame) -> str:
+    """Test-accuracy differences that answer "is GP's gap to BP the regulariser?", per network, from the reproduce
+    grid's experiments ``<net>`` (paper), ``<net>_ortho`` (BP/FA with GP's regulariser) and ``<net>_noortho``."""
+    lines = ["| network | GP − BP | GP without regulariser − BP | BP with regulariser − BP "
+             "| FA with regulariser − FA |", "|---|---:|---:|---:|---:|"]
+    for network, g in table[table.experiment.str.startswith("cifar10")].groupby("network", sort=False):
+        base = g.experiment.str.replace(r"_(ortho|noortho|f32target|f32diff)$", "", regex=True).iloc[0]
+
+        def test(rule: str, experiment: str, g: pd.DataFrame = g) -> float:
+            hit = g[(g.rule == rule) & (g.experiment == experiment)]
+            return float(hit.test.iloc[0]) if len(hit) else np.nan
+
+        bp, fa = test("bp", base), test("fa", base)
+        cells = [test("gp", base) - bp, test("gp", f"{base}_noortho") - bp, test("bp", f"{base}_ortho") - bp,
+                 test("fa", f"{base}_ortho") - fa]
+        lines.append(f"| {network} | " + " | ".join(_f(100 * c, 1) + (" pt" if np.isfinite(c) else "")
+                                                   for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def layers_over_training(ds: xr.Dataset, smooth: int = 0):
+    """Per network panel of ``ds``: one figure with a panel per hidden layer, each run group's angle to BP over
+    training steps (mean over seeds; a centred rolling mean over ``smooth`` recorded steps, default one epoch's)."""
+    figs = {}
+    for panel in panels(ds):
+        layers = list(dict.fromkeys(layer for line in panel.lines for layer in _hidden(line)))
+        fig, axes = _grid(len(layers), width=3.6, height=2.8)
+        for ax, layer in zip(axes, layers):
+            for line in panel.lines:
+                if layer not in _hidden(line):
+                    continue
+                a = line.runs.angle.sel(layer=layer).mean("seed", skipna=True)
+                a = a.sel(step=np.isfinite(a))
+                if a.sizes["step"] == 0:
+                    continue
+                per_epoch = int(a.sizes["step"] / max(1, np.nanmax(line.runs.step_epoch.values)))
+                window = smooth or max(1, per_epoch)
+                a = a.rolling(step=window, center=True, min_periods=1).mean()
+                ax.plot(a.step.values, a.values, lw=1.1, ms=3 if a.sizes["step"] < 5 else 0, **_line_kw(line))
+            ax.set_title(layer, fontsize=9)
+            ax.set_xlabel("training step")
+            ax.set_ylabel("angle to BP (deg)")
+            _angle_axis(ax)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False)
+        fig.suptitle(f"{panel.title.splitlines()[0]}: angle to BP per layer over training "
+                     "(rolling mean over one epoch of recorded steps)", fontsize=10)
+        network = panel.title.split("\n")[0].split(" on ")[0]
+        figs[re.sub(r"[^A-Za-z0-9_.=-]+", "_", network).strip("_")] = fig
+    return figs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis.reproduction", description=__doc__.splitlines()[0])
+    p.add_argument("results", type=Path, help="the workflow's results folder (holding reproduce/ and "
+                   "reproduce_imagenet_sample/)")
+    p.add_argument("--out", type=Path, required=True, help="output folder, e.g. docs/reproduction")
+    p.add_argument("--partial", action="store_true", help="include runs still being written (marked unfinished)")
+    args = p.parse_args(argv)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from analysis import load_study, save
+    from sim.errors import GaitsimError
+
+    found = [s for s in STUDIES if (args.results / s).is_dir()]
+    if not found:
+        print(f"error: {args.results} has none of {', '.join(f'{s}/' for s in STUDIES)}; run the reproduce "
+              "studies first (docs/reproduction.md has the commands)", file=sys.stderr)
+        return 2
+    sections, figures = [], args.out / "figures"
+    for study in found:
+        try:
+            ds = load_study(args.results / study, include_partial=args.partial,
+                            on_incomplete="skip" if not args.partial else "raise")
+        except GaitsimError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        table = rows(ds)
+        sections.append(f"## Study {study}\n\n{rows_markdown(table)}")
+        if study == "reproduce":
+            sections.append("### Is GP's gap to BP the regulariser? (test accuracy differences, last epoch)\n\n"
+                            + regulariser_control(table))
+        for network, fig in layers_over_training(ds).items():
+            save(fig, figures / f"layers_{network}.png")
+    args.out.mkdir(parents=True, exist_ok=True)
+    header = ("# Reproduction numbers\n\nGenerated by `python -m analysis.reproduction "
+              f"{args.results} --out {args.out}{' --partial' if args.partial else ''}`; do not edit. Angles in "
+              "degrees: mean over the hidden layers (the output's is 0 by construction for FA and GP) and over "
+              "the recorded steps (all, or the last epoch's); accuracies after the last epoch trained, mean over "
+              "seeds.\n\n")
+    (args.out / "numbers.md").write_text(header + "\n\n".join(sections) + "\n")
+    print(f"wrote {args.out / 'numbers.md'} and {figures}/layers_*.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
