@@ -15,14 +15,13 @@ Files are checked as they are decoded, not up front, so ``skipped`` grows during
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from sim.data.dataset import ImageDataset, stream_batches
+from sim.data.dataset import ImageDataset, LoaderParts
 from sim.data.spec import IMAGENET_MEAN, IMAGENET_STD, DataSpec
 from sim.errors import DataError
 
@@ -185,15 +184,18 @@ class ImageFolderDataset(ImageDataset):
             )
         return x, label
 
-    def batches(self, index_batches: Sequence[Tensor], *, num_workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        """Decode each batch in ``num_workers`` processes; undecodable files raise or are skipped (see module)."""
-        for x, y, bad in stream_batches(_Decoded(self), index_batches, num_workers=num_workers, collate_fn=_collate):
-            for path, failure in bad:
-                error = self._bad(path, failure)
-                if error is not None:
-                    raise error
-            if x is not None:  # a batch of only bad files yields nothing
-                yield x, y
+    def loader_parts(self) -> LoaderParts:
+        """Workers decode :class:`_Decoded` items and stack the good ones (:func:`_collate`); the main process then
+        raises for or skips the undecodable files (see module) and yields nothing for a batch of only bad files."""
+        return LoaderParts(_Decoded(self), _collate, self._finish)
+
+    def _finish(self, batch: tuple[Tensor | None, Tensor, list[tuple[str, str]]]) -> tuple[Tensor, Tensor] | None:
+        x, y, bad = batch
+        for path, failure in bad:
+            error = self._bad(path, failure)
+            if error is not None:
+                raise error
+        return None if x is None else (x, y)
 
 
 def load_imagenet_folder(spec: DataSpec, split: str, seed: int = 0) -> ImageFolderDataset:
