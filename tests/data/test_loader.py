@@ -4,12 +4,18 @@ DataLoader per split. Data: a small ImageNet-style folder of real JPEGs written 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
+import sim.data.dataset as dataset_module
+import sim.data.loader as loader_module
+from sim.archive import open_run
 from sim.data import DataSpec, TensorImageDataset, iterate_batches, load_split
 from sim.data.loader import EpochBatchSampler, SplitLoader
 from sim.errors import DataError
+from sim.run import run
 from tests.helpers import write_jpeg_folder
 
 BATCH = 5
@@ -127,3 +133,34 @@ def test_bad_sampler_and_loader_settings():
         SplitLoader(ds, EpochBatchSampler(4, 2, seed=0), num_workers=-1)
     with pytest.raises(DataError, match="sampler is for 5 samples but the dataset has 4"):
         SplitLoader(ds, EpochBatchSampler(5, 2, seed=0))
+
+
+def _folder_run(tiny_config, root, out, workers):
+    doc = tiny_config(
+        network={"preset": None, "input_shape": [3, 16, 16], "classes": 3, "layers": [{"width": 12}]}, rules="bp",
+        data={"kind": "imagenet_folder", "path": str(root), "image_size": 16, "normalize": "imagenet"},
+        train={"epochs": 2, "batch_size": BATCH, "eval_batch_size": 7, "num_workers": workers},
+        record={"angle_every": 2, "probe_size": 4, "probe_epochs": [0, 2]})
+    return open_run(run(doc, out, progress=False))
+
+
+def test_a_run_builds_one_loader_per_split_and_workers_change_no_number(jpeg_root, tmp_path, tiny_config,
+                                                                        monkeypatch, one_thread):
+    built = []
+
+    class Counting(DataLoader):
+        def __init__(self, *args, **kwargs):
+            built.append(kwargs.get("num_workers", 0))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(loader_module, "DataLoader", Counting)
+    monkeypatch.setattr(dataset_module, "DataLoader", Counting)  # the one-off passes, which a run must not use
+    serial = _folder_run(tiny_config, jpeg_root, tmp_path / "w0.zarr", 0)
+    assert built == [0, 0]  # train and test, once for the whole run (two epochs, evaluations and the probe)
+    parallel = _folder_run(tiny_config, jpeg_root, tmp_path / "w2.zarr", 2)
+    assert built == [0, 0, 2, 2]
+    assert serial.sizes["step"] == 2 * 5 and int(serial.batch_size.sum()) == 2 * 24
+    for name in serial.data_vars:
+        if name != "epoch_wall_s":
+            a, b = serial[name].values, parallel[name].values
+            assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
