@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sim import checkpoint as ckpt_io
-from sim import faults, metrics
+from sim import faults, memory, metrics
 from sim.archive import ArchiveError, RunArchive
 from sim.config import RunConfig, build_network, build_scheduler
 from sim.correspondence import compare
@@ -62,6 +62,7 @@ def train(cfg: RunConfig, out: Path, *, progress: bool, resume: bool, keep_diver
     net = build_network(cfg)
     sched = build_scheduler(cfg, net)
     data = load_data(cfg, net)
+    memory.check_batch_fits(cfg)  # CUDA: a batch that does not fit is refused with the largest that does
     n = data.steps_per_epoch
     checkpoint: ckpt_io.Checkpoint | None = None
     archive: RunArchive | None = None
