@@ -3,19 +3,22 @@
 Three rates in images per second, for each worker count of ``--workers`` (``train.num_workers``):
 
 * **input**: the run's train loader (:class:`~sim.data.loader.SplitLoader`, persistent workers, pinned memory and
-  uploads on CUDA) iterated with no compute: ``steps`` batches per timed repeat, after ``warmup`` untimed batches
-  (which start the workers), each repeat continuing the same stream (epochs follow each other as in a run);
-* **step**: full training steps (:meth:`Scheduler.train_step`) fed by a fresh stream of the same loader, timed the
-  same way; this is what a run's epoch achieves (evaluation aside);
-* **compute**: the training step alone, on one batch of the data held on the device (once, not per worker count).
+  uploads on CUDA) iterated with no compute, ``steps`` batches per timed repeat (epochs follow each other as in a
+  run);
+* **step**: the next ``steps`` batches of the same loader, each trained on (:meth:`Scheduler.train_step`): what a
+  run's epoch achieves (evaluation aside);
+* **compute**: the training step alone, on one batch of the data held on the device.
 
 A worker count whose input rate is below the compute rate is input-bound (``limit: input``): more workers, more cores
 or faster storage would speed the run up; otherwise the step limits. With 0 workers decoding and compute take turns,
 so the step rate is about ``1 / (1/input + 1/compute)``; with workers they overlap and it approaches the smaller.
 
+The timing goes round-robin, as the step benchmark's does: each of ``repeats`` rounds times the step alone, then, for
+every worker count, builds a fresh loader, reads ``warmup`` untimed batches (which start its workers), times the
+input and then the fed steps, and drops the loader (its workers stop, so none prefetches into the next count's
+timing); a change of the machine's load between rounds hits every worker count alike. Rates are medians over rounds.
 The files are read through the operating system's page cache after the first pass, so the rates measure decoding and
-resizing, not the disk. Worker counts are timed one after another (each loader's workers stop before the next one's
-start: idle workers of another loader would otherwise prefetch into the timing). Every case is the run config's
+resizing, not the disk. Every case is the run config's
 (``--config``, or the preset ``--net`` with ``--data-path``, an ImageNet-style folder decoded at the network's input
 size); the rows carry it (``config``).
 """
@@ -107,29 +110,32 @@ def _run(opts: BenchOptions, base: RunConfig, device: torch.device, progress: Ca
     x, y = next(loader(0).epoch(1))  # the compute-only batch: real data, on the device
     for _ in range(opts.warmup):
         sched.train_step(x, y)
-    compute = [time_steps(sched, x, y, opts.steps) * opts.steps for _ in range(opts.repeats)]
+    compute: list[float] = []
+    inputs: dict[int, list[tuple[int, float]]] = {w: [] for w in workers}
+    steps: dict[int, list[tuple[int, float]]] = {w: [] for w in workers}
+    for r in range(opts.repeats):
+        compute.append(time_steps(sched, x, y, opts.steps) * opts.steps)
+        for w in workers:
+            feed = _stream(loader(w))  # a fresh loader: its warm-up starts the workers, `del` below stops them
+            _take(feed, opts.warmup, None, device)
+            inputs[w].append(_take(feed, opts.steps, None, device))
+            steps[w].append(_take(feed, opts.steps, sched, device))
+            del feed  # no idle worker of this loader prefetches into the next one's timing
+        progress(f"round {r + 1}/{opts.repeats}: compute {len(y) * opts.steps / compute[-1]:.1f}, " + ", ".join(
+            f"{w} workers: input {_rate(inputs[w][-1:]):.1f} step {_rate(steps[w][-1:]):.1f}" for w in workers)
+            + " images/s")
     compute_rate = len(y) * opts.steps / statistics.median(compute)
-    progress(f"compute only: {compute_rate:.1f} images/s")
     rows = []
     for w in workers:
-        split = loader(w)
-        feed = _stream(split)
-        _take(feed, opts.warmup, None, device)
-        inputs = [_take(feed, opts.steps, None, device) for _ in range(opts.repeats)]
-        feed = _stream(split)  # a fresh pass: the steps start as an epoch does
-        _take(feed, opts.warmup, sched, device)
-        steps = [_take(feed, opts.steps, sched, device) for _ in range(opts.repeats)]
-        del feed, split  # the workers stop before the next count's start
-        input_rate = _rate(inputs)
-        step_rate = _rate(steps)
-        progress(f"{w} workers: input {input_rate:.1f}, step {step_rate:.1f} images/s")
+        input_rate = _rate(inputs[w])
+        step_rate = _rate(steps[w])
         rows.append({
             "mode": "data", "net": base.network.preset or base.name, "rule": case.rule, "dtype": case.dtype,
             "batch": cfg.train.batch_size, "workers": w, "data_kind": spec.kind, "data_path": spec.path,
             "image_shape": list(train.input_shape), "samples": len(train),
             "input_images_per_s": input_rate, "step_images_per_s": step_rate, "compute_images_per_s": compute_rate,
             "limit": "input" if input_rate < compute_rate else "compute",
-            "input_repeats": [list(r) for r in inputs], "step_repeats": [list(r) for r in steps],
+            "input_repeats": [list(r) for r in inputs[w]], "step_repeats": [list(r) for r in steps[w]],
             "compute_s_repeats": compute, "steps_per_repeat": opts.steps, "repeats": opts.repeats,
             "warmup": opts.warmup, "pin_memory": device.type == "cuda" and not in_memory,
             "config": cfg.to_dict(), "device": str(device), "device_name": device_name(device),
