@@ -59,6 +59,23 @@ def test_the_persistent_loader_gives_iterate_batches_batches(jpeg_root, workers)
         assert all(w.is_alive() for w in split.loader._iterator._workers)
 
 
+@pytest.mark.parametrize("normalize", ["imagenet", "unit"])
+def test_decoding_gives_torchvision_values_bit_for_bit(jpeg_root, normalize):
+    from torchvision import transforms
+
+    from sim.data import IMAGENET_MEAN, IMAGENET_STD
+
+    train = load_split(DataSpec("imagenet_folder", path=str(jpeg_root), image_size=20, normalize=normalize), "train")
+    steps = [transforms.Resize(20), transforms.CenterCrop(20), transforms.ToTensor()]
+    if normalize == "imagenet":
+        steps.append(transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+    reference = transforms.Compose(steps)
+    for path, _ in train.samples[::3]:
+        x = train.decode(path)
+        assert x.dtype == torch.float32 and x.shape == (3, 20, 20) and x.is_contiguous()
+        assert torch.equal(x, reference(train._loader(path)))
+
+
 def test_fixed_index_batches_and_bad_ones(jpeg_root):
     train = folder_split(jpeg_root)
     split = SplitLoader(train, EpochBatchSampler(len(train), BATCH, seed=0))
