@@ -98,9 +98,14 @@ def load_data(cfg: RunConfig, net: Network, *, shard: tuple[int, int] = (0, 1)) 
     return RunData(train, test, probe, count_batches(train, t.batch_size, t.drop_last), loaders, eval_train)
 
 
-def evaluation_batches(data: RunData, split: str, eval_batch_size: int):
+def evaluation_batches(data: RunData, split: str, eval_batch_size: int, *, shard: tuple[int, int] = (0, 1)):
     """The batches of the per-epoch evaluation of ``split`` ('train': the samples ``data.eval_train``; 'test': the
     whole split), in index order, ``eval_batch_size`` at a time, on the network's device: the one place that
-    decides which samples the recorded accuracies and losses cover."""
+    decides which samples the recorded accuracies and losses cover. ``shard`` ``(rank, world_size)``: this
+    process's contiguous part of every evaluation batch (the parts of all ranks make up the batch)."""
     indices = data.eval_train if split == "train" else torch.arange(len(data.test))
-    return data.loaders[split].over(indices.split(eval_batch_size))
+    batches = indices.split(eval_batch_size)
+    rank, world_size = shard
+    if world_size > 1:
+        batches = [torch.tensor_split(b, world_size)[rank] for b in batches]
+    return data.loaders[split].over(batches)

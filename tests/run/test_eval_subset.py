@@ -78,3 +78,20 @@ def test_a_subset_larger_than_the_split_stops_the_run_before_the_store_is_writte
     assert main(["run", str(path), "--out", str(tmp_path / "run.zarr"), "--quiet"]) == 2
     assert "train.eval_train_subset: 5000 is more than the 320 samples of the train split" in capsys.readouterr().err
     assert not (tmp_path / "run.zarr").exists()
+
+
+def test_the_evaluation_batches_cover_the_subset_and_their_shards_make_them_up(tiny_config):
+    from sim.config import build_network
+    from sim.run.data import evaluation_batches, load_data
+
+    cfg = load_config(tiny_config(data=SMALL, train={"eval_train_subset": 50, "eval_batch_size": 16}))
+    data = load_data(cfg, build_network(cfg))
+    whole = list(evaluation_batches(data, "train", 16))
+    assert [len(y) for _, y in whole] == [16, 16, 16, 2]
+    x_all = torch.cat([x for x, _ in whole])
+    assert torch.equal(x_all, data.train.x[data.eval_train])  # the subset, in index order
+    parts = [list(evaluation_batches(data, "train", 16, shard=(r, 3))) for r in range(3)]
+    for k, (x, y) in enumerate(whole):
+        assert torch.equal(torch.cat([p[k][0] for p in parts]), x)
+        assert torch.equal(torch.cat([p[k][1] for p in parts]), y)
+    assert sum(len(y) for _, y in evaluation_batches(data, "test", 16)) == len(data.test)
