@@ -200,3 +200,23 @@ def plant_pickle(store: Path, marker: Path) -> None:
     (store / "zarr.json").write_text(json.dumps(root))
     for chunk in (store / "loss" / "c").iterdir():
         chunk.write_bytes(pickle.dumps(_Boom(str(marker))))
+
+
+# ----- a folder of real JPEGs (tests/data/test_loader.py, tests/test_bench_data.py) ----------------------------------
+def write_jpeg_folder(root: Path, *, classes: int = 3, train: int = 8, val: int = 2, size: int = 32) -> Path:
+    """An ImageNet-style folder ``root/{train,val}/<wnid>/*.JPEG`` of real JPEGs: scikit-learn's embedded digits
+    (8x8, ink 0..16) scaled up to ``size`` x ``size`` RGB, digit ``c`` in class folder ``n0000000c`` (label c), the
+    first ``train`` images of each digit in train and the next ``val`` in val. Returns ``root``."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for c in range(classes):
+        members = np.flatnonzero(digits.target == c)[: train + val]
+        for j, i in enumerate(members):
+            split = "train" if j < train else "val"
+            folder = root / split / f"n{c:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            gray = Image.fromarray((digits.images[i] * (255 / 16)).astype(np.uint8))
+            gray.resize((size, size), Image.BILINEAR).convert("RGB").save(folder / f"img{j:03d}.JPEG", quality=90)
+    return root

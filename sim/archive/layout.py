@@ -20,14 +20,16 @@ SAFE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 #: per-epoch scalar variables: name -> (units, long_name, description)
 EPOCH_METRICS: dict[str, tuple[str, str, str]] = {
     "train_top1": ("1", "train top-1 accuracy",
-                   "top-1 accuracy on the whole train split after the epoch (fraction of samples)"),
+                   "top-1 accuracy on the train split after the epoch (fraction of samples; the whole split, or the "
+                   "fixed subset of train.eval_train_subset samples: attribute train_eval_samples)"),
     "train_top5": ("1", "train top-5 accuracy",
-                   "top-5 accuracy (top-min(5, classes)) on the whole train split after the epoch"),
+                   "top-5 accuracy (top-min(5, classes)) on the train split (or its subset) after the epoch"),
     "test_top1": ("1", "test top-1 accuracy",
                   "top-1 accuracy on the whole test split after the epoch (fraction of samples)"),
     "test_top5": ("1", "test top-5 accuracy",
                   "top-5 accuracy (top-min(5, classes)) on the whole test split after the epoch"),
-    "train_loss": ("nat", "train loss", "mean cross-entropy per sample on the whole train split after the epoch"),
+    "train_loss": ("nat", "train loss",
+                   "mean cross-entropy per sample on the train split (or its subset) after the epoch"),
     "test_loss": ("nat", "test loss", "mean cross-entropy per sample on the whole test split after the epoch"),
     "epoch_wall_s": ("s", "epoch wall time", "wall-clock time of the epoch: training steps, evaluation and recording"),
 }

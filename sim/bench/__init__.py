@@ -86,7 +86,16 @@ from sim.bench.cases import (
     validate,
 )
 from sim.bench.flops import learned_state_rules, step_flops, uncounted
-from sim.bench.measure import host_syncs, matmul_seconds, quartiles, set_tf32, state_mb, step_memory_mb, time_steps
+from sim.bench.measure import (
+    device_name,
+    host_syncs,
+    matmul_seconds,
+    quartiles,
+    set_tf32,
+    state_mb,
+    step_memory_mb,
+    time_steps,
+)
 from sim.config import RunConfig
 from sim.network import resolve_device
 
@@ -175,7 +184,7 @@ def _run(opts: BenchOptions, base: RunConfig, device: torch.device, progress: Ca
             "check_numerics": step.check_numerics, "fused_adam": step.fused_adam, "ortho_every": step.ortho_every,
             "skip_aux": step.skip_aux, "narrow_layers": sum(sched.narrow), "compile": step.compile_nudge,
             "step": asdict(step), "config": cfg.to_dict(),
-            "device": str(device), "device_name": _device_name(device), "threads": torch.get_num_threads(),
+            "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "load_start": load_start,
             "thp": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
         })
@@ -202,19 +211,6 @@ def _match(rows: list[dict], row: dict, **changes) -> dict | None:
     if changes.get("mode") == "reference":
         want["tf32"] = None
     return next((r for r in rows if all(r[k] == v for k, v in want.items())), None)
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return f"cpu ({os.cpu_count()} cores)"
 
 
 def _label(rule: str, mode: str, tf32: bool | None) -> str:

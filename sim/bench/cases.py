@@ -86,6 +86,13 @@ class BenchOptions:
     """CPU threads for torch (``torch.set_num_threads``); None keeps torch's default."""
     compile: bool | None = None
     """Override ``train.step.compile_nudge``: ``torch.compile`` GP's elementwise nudge (compiled during warm-up)."""
+    data: bool = False
+    """Benchmark the input pipeline and the step fed by it instead (:mod:`sim.bench.data`, ``bench --data``)."""
+    data_path: str | None = None
+    """``data`` only, override: an ImageNet-style folder (``train/<class>/*.JPEG``) as the data section (kind
+    'imagenet_folder', decoded at the network's input size, ImageNet normalisation)."""
+    workers: tuple[int, ...] | None = None
+    """``data`` only: the worker counts (``train.num_workers``) to time, one row each; None: the config's."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,10 @@ def base_config(opts: BenchOptions) -> RunConfig:
         doc["network"] = {"preset": opts.net}
     if opts.preset_kwargs:
         doc["network"].update(opts.preset_kwargs)
+    if opts.data_path is not None:
+        shape = validate_config(doc, source="bench").network_config().input_shape
+        doc["data"] = {"kind": "imagenet_folder", "path": str(opts.data_path), "image_size": shape[-1],
+                       "normalize": "imagenet"}
     train = doc["train"]
     for key, value in (("dtype", opts.dtype), ("device", opts.device), ("seed", opts.seed),
                        ("batch_size", opts.batch)):
@@ -236,6 +247,9 @@ def validate(opts: BenchOptions) -> RunConfig:
                           f"only oversubscribes them, and torch crashes at huge counts), got {opts.threads}")
     if opts.warmup < 0:
         raise ConfigError(f"--warmup must be >= 0, got {opts.warmup}")
+    for name, flag in (("workers", "--workers"), ("data_path", "--data-path")):
+        if not opts.data and getattr(opts, name) is not None:
+            raise ConfigError(f"{flag} applies to the input-pipeline benchmark only; add --data")
     if opts.dtype not in (None, "float32", "float64"):
         raise ConfigError(f"--dtype must be float32 or float64, got {opts.dtype!r}")
     if opts.arithmetic not in (None, "difference", "target"):

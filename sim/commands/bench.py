@@ -11,6 +11,12 @@ Every case is a run config: ``--config configs/cifar10_deep_gp.yaml`` times the 
 
 ``--json`` prints one JSON list with a row per case (``rule``, ``mode``, ``dtype``, ``arithmetic``,
 ``ms_per_step`` (median), ``gflops`` (achieved), spread, memory, FLOP count, matmul rates, ratios).
+
+``--data`` measures the input pipeline instead (:mod:`sim.bench.data`): images/s of the train loader alone, of
+training steps fed by it and of the step alone, for each worker count, and which one limits::
+
+    python -m sim bench --data --data-path /data/imagenet --net imagenet_conv --rules bp --workers 0,4,8
+    python -m sim bench --data --config configs/imagenet_conv_bp.yaml --data-path /data/imagenet --workers 0,4,8
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 import sys
 
 from sim.bench import DEFAULT_CHECK, DEFAULT_NET, DEFAULT_RULES, BenchOptions, format_table, run
+from sim.errors import ConfigError
 from sim.presets import PRESETS, preset_options
 from sim.rules import RULES
 from sim.step_options import NUMERICS_CHECKS
@@ -59,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-skip-aux", action="store_const", const=False, dest="skip_aux",
                    help="train.step.skip_aux: false, compute the aux units of difference-form GP layers too (exact "
                         "either way; measures what skipping them saves)")
-    p.add_argument("--tf32", choices=["both", "on", "off"], default="both",
+    p.add_argument("--tf32", choices=["both", "on", "off"],
                    help="CUDA float32: time with TF32 matmuls allowed, not allowed, or both (default both)")
     p.add_argument("--image-size", type=int, help="input resolution (conv presets)")
     p.add_argument("--width-mult", type=float, help="filter-count multiplier (conv presets)")
@@ -69,26 +76,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "about a minute on 2 cores)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's, usually the core count)")
     p.add_argument("--seed", type=int, help="train.seed: seeds the weights and the batch (default 0)")
+    p.add_argument("--data", action="store_true",
+                   help="measure the input pipeline instead: images/s of the train loader alone, of training steps "
+                        "fed by it and of the step alone, per worker count, and which one limits (needs --data-path "
+                        "or --config with a data section; one rule)")
+    p.add_argument("--data-path", help="--data: an ImageNet-style folder (train/<class>/*.JPEG, val/...) decoded at "
+                                       "the network's input size; replaces the config's data section")
+    p.add_argument("--workers", help="--data: comma-separated worker counts (train.num_workers) to time, e.g. 0,1,2 "
+                                     "(default: the config's train.num_workers)")
     p.add_argument("--json", action="store_true", help="print only a JSON list, one object per case")
 
 
 def options(args: argparse.Namespace) -> BenchOptions:
-    tf32 = {"both": None, "on": (True,), "off": (False,)}[args.tf32]
+    tf32 = {None: None, "both": (False, True), "on": (True,), "off": (False,)}[args.tf32]
     rules = None if args.rules is None else tuple(r.strip() for r in args.rules.split(",") if r.strip())
     return BenchOptions(
         config=args.config, net=args.net, rules=rules, dtype=args.dtype, arithmetic=args.arithmetic,
         batch=args.batch, steps=args.steps, repeats=args.repeats, warmup=args.warmup, device=args.device,
         reference_cost=args.reference_cost, preset_kwargs=preset_options(args),
         check_numerics=args.check_numerics, fused_adam=args.fused_adam, ortho_every=args.ortho_every,
-        skip_aux=args.skip_aux, tf32=tf32, seed=args.seed, threads=args.threads, compile=args.compile)
+        skip_aux=args.skip_aux, tf32=tf32, seed=args.seed, threads=args.threads, compile=args.compile,
+        data=args.data, data_path=args.data_path, workers=_workers(args.workers))
+
+
+def _workers(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--workers {text!r}: give comma-separated worker counts, e.g. 0,1,2") from None
 
 
 def main(args: argparse.Namespace) -> int:
     opts = options(args)
     progress = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    rows = run(opts, progress)
-    if args.json:
-        print(json.dumps(rows))
+    if opts.data:
+        from sim.bench.data import format_data_table, run_data
+
+        rows, table = run_data(opts, progress), format_data_table
     else:
-        print(format_table(rows))
+        rows, table = run(opts, progress), format_table
+    print(json.dumps(rows) if args.json else table(rows))
     return 0

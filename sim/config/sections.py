@@ -86,7 +86,10 @@ class TrainSection:
     eval_batch_size: int = 1024
     """Samples per forward pass of the per-epoch evaluation."""
     num_workers: int = 0
-    """Decoding processes for file-backed data."""
+    """Decoding processes for file-backed data, started once per split and kept for the whole run."""
+    eval_train_subset: int | None = None
+    """Train samples evaluated after every epoch: a fixed subset of this many (:func:`sim.run.data.eval_train_indices`:
+    the first N of epoch 0's order, seeded by ``seed``), or None for the whole train split."""
     on_nonfinite: str = "stop"
     """On a NaN/Inf or a singular layer: 'stop' (keep the prefix and the last good state, and raise) or 'retry'
     (go back to the last checkpoint with every learning rate scaled by ``retry_lr_factor``)."""

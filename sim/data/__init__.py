@@ -8,18 +8,23 @@ Every loader returns an :class:`ImageDataset` with ``classes`` and ``input_shape
 (npz, cifar10, imagenet_downsampled, digits, random) are preprocessed once at load time; 'imagenet_folder' decodes
 files on the fly in ``DataLoader`` workers. Bad input raises :class:`sim.errors.DataError` with a message that
 names the file and the expected layout.
+
+A run reads each split through one persistent :class:`~sim.data.loader.SplitLoader` (workers kept across epochs,
+pinned memory and overlapped uploads on CUDA) whose :class:`~sim.data.loader.EpochBatchSampler` yields the same
+batches as :func:`iterate_batches`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from sim.data.batches import count_batches, epoch_order, iterate_batches
+from sim.data.batches import count_batches, epoch_batches, epoch_order, iterate_batches
 from sim.data.cifar10 import load_cifar10
 from sim.data.dataset import ImageDataset, TensorImageDataset
 from sim.data.digits import load_digits_split
 from sim.data.imagenet_downsampled import load_imagenet_downsampled
 from sim.data.imagenet_folder import ImageFolderDataset, load_imagenet_folder
+from sim.data.loader import EpochBatchSampler, SplitLoader
 from sim.data.npz import load_npz
 from sim.data.spec import IMAGENET_MEAN, IMAGENET_STD, KINDS, DataSpec, check_split
 from sim.data.synthetic import load_random
@@ -33,7 +38,10 @@ __all__ = [
     "load_split",
     "iterate_batches",
     "count_batches",
+    "epoch_batches",
     "epoch_order",
+    "EpochBatchSampler",
+    "SplitLoader",
     "LOADERS",
     "KINDS",
     "IMAGENET_MEAN",

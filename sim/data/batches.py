@@ -48,6 +48,40 @@ def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool = True) -> Tenso
     return torch.randperm(n, generator=generator, dtype=torch.int64)
 
 
+def epoch_batches(
+    n: int,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    start_batch: int = 0,
+    shard: tuple[int, int] = (0, 1),
+) -> list[Tensor]:
+    """The index batches ``[B]`` int64 of one epoch of ``n`` samples: :func:`epoch_order` cut into ``batch_size``
+    pieces, from batch ``start_batch`` on, each reduced to this rank's part (``shard``; see :func:`iterate_batches`).
+
+    The one definition of an epoch's batches: :func:`iterate_batches` and the persistent loaders'
+    :class:`~sim.data.loader.EpochBatchSampler` both read them from here.
+    """
+    batch_size = _check_count("batch_size", batch_size, low=1)
+    start_batch = _check_count("start_batch", start_batch, low=0)
+    rank, world_size = shard
+    world_size = _check_count("world_size", world_size, low=1)
+    rank = _check_count("rank", rank, low=0)
+    if rank >= world_size:
+        raise DataError(f"rank {rank} is not below the world size {world_size}")
+    total = n // batch_size if drop_last else -(-n // batch_size)
+    if start_batch > total:
+        raise DataError(f"start_batch {start_batch} is past the end of the epoch ({total} batches of {batch_size})")
+    order = epoch_order(n, seed=seed, epoch=epoch, shuffle=shuffle)
+    index_batches = list(order.split(batch_size))[start_batch:total]
+    if world_size > 1:
+        index_batches = [torch.tensor_split(b, world_size)[rank] for b in index_batches]
+    return index_batches
+
+
 def iterate_batches(
     ds: Dataset,
     batch_size: int,
@@ -73,22 +107,13 @@ def iterate_batches(
         shard: ``(rank, world_size)``: yield only this process's part of every (global) batch, the ``rank``-th of
             ``torch.tensor_split(batch, world_size)`` (contiguous parts whose sizes differ by at most one), so the
             ranks of a data-parallel run together visit each batch exactly once, and only decode their own part.
+
+    A one-off pass: a streaming dataset starts a new ``DataLoader`` (and its workers) on every call. A run reads
+    each split through one :class:`~sim.data.loader.SplitLoader` instead, whose workers live for the whole run.
     """
-    batch_size = _check_count("batch_size", batch_size, low=1)
     num_workers = _check_count("num_workers", num_workers, low=0)
-    start_batch = _check_count("start_batch", start_batch, low=0)
-    rank, world_size = shard
-    world_size = _check_count("world_size", world_size, low=1)
-    rank = _check_count("rank", rank, low=0)
-    if rank >= world_size:
-        raise DataError(f"rank {rank} is not below the world size {world_size}")
-    total = count_batches(ds, batch_size, drop_last)
-    if start_batch > total:
-        raise DataError(f"start_batch {start_batch} is past the end of the epoch ({total} batches of {batch_size})")
-    order = epoch_order(len(ds), seed=seed, epoch=epoch, shuffle=shuffle)
-    index_batches = list(order.split(batch_size))[start_batch:total]
-    if world_size > 1:
-        index_batches = [torch.tensor_split(b, world_size)[rank] for b in index_batches]
+    index_batches = epoch_batches(len(ds), batch_size, seed=seed, epoch=epoch, shuffle=shuffle, drop_last=drop_last,
+                                  start_batch=start_batch, shard=shard)
     if isinstance(ds, ImageDataset):
         yield from ds.batches(index_batches, num_workers=num_workers)
     else:

@@ -2,10 +2,12 @@
 
 Every loader returns an :class:`ImageDataset`: a map-style ``torch.utils.data.Dataset`` of ``(x, y)`` pairs with
 ``x`` float32 ``[C, H, W]`` and ``y`` an int in ``0 .. classes-1``, that also knows its ``classes`` and
-``input_shape``. What differs is how a whole batch is made, so that is the one method subclasses override:
-``batches(index_batches, num_workers)``. The default streams items through a ``DataLoader`` (decoding files in
-worker processes); :class:`TensorImageDataset` instead gathers each batch from one preloaded tensor with a single
-``index_select``, so an epoch of CIFAR-10 costs a few hundred tensor copies and no per-image Python.
+``input_shape``. What differs is how a whole batch is made. A streaming dataset (the default) describes how a
+``DataLoader`` reads it, :meth:`ImageDataset.loader_parts` (the per-item dataset the workers decode, the collate
+function, and a last step in the main process), and both a one-off pass (``batches``) and a run's persistent loader
+(:class:`sim.data.loader.SplitLoader`) use those parts. :class:`TensorImageDataset` has no parts (``None``): it
+gathers each batch from one preloaded tensor with a single ``index_select``, so an epoch of CIFAR-10 costs a few
+hundred tensor copies and no per-image Python.
 :func:`build_in_memory` is the shared last step of every in-memory loader: cap, resize and normalise, once.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,6 +28,22 @@ from sim.errors import DataError
 
 # Above this many bytes of float32 pixels, uint8 sources stay uint8 in memory and are normalised per batch.
 FLOAT_COPY_LIMIT_BYTES = 8 * 2**30
+
+
+class LoaderParts(NamedTuple):
+    """How a ``DataLoader`` reads a streaming dataset (:meth:`ImageDataset.loader_parts`)."""
+
+    items: Dataset
+    """What the workers index: ``items[i]`` is one decoded sample (or whatever ``collate`` expects)."""
+    collate: Callable | None
+    """Stacks the items of one batch (in the worker); None: torch's default collate."""
+    finish: Callable
+    """Turns a collated batch into ``(x [B, C, H, W], y [B])``, or None to yield nothing for it; runs in the main
+    process (where it may raise or keep count)."""
+
+
+def _as_is(batch):
+    return batch
 
 
 class ImageDataset(Dataset):
@@ -41,13 +60,24 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         raise NotImplementedError
 
+    def loader_parts(self) -> LoaderParts | None:
+        """How a ``DataLoader`` reads this dataset; None for a dataset that gathers whole batches itself.
+
+        The default: the items themselves, torch's default collate, and the batch as it comes.
+        """
+        return LoaderParts(self, None, _as_is)
+
     def batches(self, index_batches: Sequence[Tensor], *, num_workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield ``(x [B, C, H, W] float32, y [B] int64)`` for each index tensor ``[B]`` in ``index_batches``.
 
-        The default decodes items one by one through a ``DataLoader`` with ``num_workers`` worker processes;
-        batches come back in the order given, whatever the number of workers.
+        The default decodes items through a one-off ``DataLoader`` with ``num_workers`` worker processes (see
+        :meth:`loader_parts`); batches come back in the order given, whatever the number of workers.
         """
-        yield from stream_batches(self, index_batches, num_workers=num_workers)
+        parts = self.loader_parts()
+        for batch in stream_batches(parts.items, index_batches, num_workers=num_workers, collate_fn=parts.collate):
+            out = parts.finish(batch)
+            if out is not None:
+                yield out
 
 
 def stream_batches(ds: Dataset, index_batches: Sequence[Tensor], *, num_workers: int = 0, collate_fn=None) -> Iterator:
@@ -105,6 +135,10 @@ class TensorImageDataset(ImageDataset):
         if self.pixel_map is not None:
             x = self.pixel_map.apply(x, inplace=True)
         return x, self.y.index_select(0, index)
+
+    def loader_parts(self) -> None:
+        """None: batches are gathered from the preloaded tensor, never through a ``DataLoader``."""
+        return None
 
     def batches(self, index_batches: Sequence[Tensor], *, num_workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """Gather each batch from the preloaded tensor; ``num_workers`` is ignored (there is nothing to decode)."""

@@ -7,6 +7,10 @@ that exists, so a val folder with some classes missing cannot shift the labels o
 
 Each image goes through RGB conversion, ``Resize(image_size)`` (short side) and ``CenterCrop(image_size)``,
 ``ToTensor`` (/ 255, HWC -> CHW) and, for normalize='imagenet', ``Normalize(mean, std)`` (REFERENCE.md section 6).
+The last two are computed in numpy (:class:`_ToNormalized`), with the same float32 operations in the same order, so
+the values are torchvision's bit for bit: torch would spread each of these per-image operations over its intra-op
+threads, which with ``num_workers=0`` (decoding in the main process, whose torch threads are the step's) cost 40 ms
+an image on the shared 2-core machine instead of 0.4 (docs/performance.md, "The input pipeline").
 
 Undecodable files: with on_bad_image='error' the first one stops the run with a message that names it; with 'skip'
 it is left out of its batch (together with its label, so no label shifts) and its path is added to ``skipped``.
@@ -15,14 +19,14 @@ Files are checked as they are decoded, not up front, so ``skipped`` grows during
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from sim.data.dataset import ImageDataset, stream_batches
+from sim.data.dataset import ImageDataset, LoaderParts
 from sim.data.spec import IMAGENET_MEAN, IMAGENET_STD, DataSpec
 from sim.errors import DataError
 
@@ -74,13 +78,29 @@ def _split_dir(root: Path, split: str) -> Path:
     return folder
 
 
+class _ToNormalized:
+    """``ToTensor`` (then ``Normalize(IMAGENET_MEAN, IMAGENET_STD)`` for 'imagenet') of a PIL RGB image, in numpy:
+    ``x = float32(pixel) / 255`` and ``(x - mean) / std`` in float32, channels first, as torchvision computes them,
+    without torch's intra-op threads (see the module docstring). Returns float32 ``[3, H, W]``."""
+
+    def __init__(self, normalize: str) -> None:
+        self.mean = self.std = None
+        if normalize == "imagenet":
+            self.mean = np.array(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
+            self.std = np.array(IMAGENET_STD, dtype=np.float32)[:, None, None]
+
+    def __call__(self, image) -> Tensor:
+        x = np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)).astype(np.float32) / 255
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return torch.from_numpy(x)
+
+
 def _transform(image_size: int, normalize: str):
     from torchvision import transforms
 
-    steps = [transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.ToTensor()]
-    if normalize == "imagenet":
-        steps.append(transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD))
-    return transforms.Compose(steps)
+    return transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size),
+                               _ToNormalized(normalize)])
 
 
 class _Decoded(Dataset):
@@ -185,15 +205,18 @@ class ImageFolderDataset(ImageDataset):
             )
         return x, label
 
-    def batches(self, index_batches: Sequence[Tensor], *, num_workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        """Decode each batch in ``num_workers`` processes; undecodable files raise or are skipped (see module)."""
-        for x, y, bad in stream_batches(_Decoded(self), index_batches, num_workers=num_workers, collate_fn=_collate):
-            for path, failure in bad:
-                error = self._bad(path, failure)
-                if error is not None:
-                    raise error
-            if x is not None:  # a batch of only bad files yields nothing
-                yield x, y
+    def loader_parts(self) -> LoaderParts:
+        """Workers decode :class:`_Decoded` items and stack the good ones (:func:`_collate`); the main process then
+        raises for or skips the undecodable files (see module) and yields nothing for a batch of only bad files."""
+        return LoaderParts(_Decoded(self), _collate, self._finish)
+
+    def _finish(self, batch: tuple[Tensor | None, Tensor, list[tuple[str, str]]]) -> tuple[Tensor, Tensor] | None:
+        x, y, bad = batch
+        for path, failure in bad:
+            error = self._bad(path, failure)
+            if error is not None:
+                raise error
+        return None if x is None else (x, y)
 
 
 def load_imagenet_folder(spec: DataSpec, split: str, seed: int = 0) -> ImageFolderDataset:

@@ -4,8 +4,10 @@ Per epoch ``e`` (1-based): the train split in the order fixed by ``(train.seed, 
 :meth:`Scheduler.train_step` per batch; at steps ``0, n, 2n, ...`` (``record.angle_every``) the step is computed once
 by :func:`sim.compare`, which adds BP's gradient on the same batch, and then applied, so measuring costs one BP pass
 and never changes the trajectory. Per-step losses stay on the device and reach the host once per epoch. After the
-epoch: accuracy and loss on both whole splits, the square layers' orthogonality errors, the probe batch at the chosen
-epochs, one archive commit, and a checkpoint every ``record.checkpoint_every`` epochs and after the last.
+epoch: accuracy and loss on the whole test split and on the train split (or its fixed subset,
+``train.eval_train_subset``; :func:`sim.run.data.evaluation_batches`), the square layers' orthogonality errors, the
+probe batch at the chosen epochs, one archive commit, and a checkpoint every ``record.checkpoint_every`` epochs and
+after the last. Each split is read through one persistent loader for the whole run (:mod:`sim.run.data`).
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sim import checkpoint as ckpt_io
-from sim import faults, metrics
+from sim import faults, memory, metrics
 from sim.archive import ArchiveError, RunArchive
 from sim.config import RunConfig, build_network, build_scheduler
 from sim.correspondence import compare
 from sim.errors import NonFiniteError, SingularLayerError
 from sim.network import Network
 from sim.run import provenance, recovery, store
-from sim.run.data import RunData, load_data
+from sim.run.data import RunData, evaluation_batches, load_data
 from sim.run.log import log
 from sim.run.recorder import Recorder
 from sim.run.recovery import StepFailure
@@ -60,6 +62,7 @@ def train(cfg: RunConfig, out: Path, *, progress: bool, resume: bool, keep_diver
     net = build_network(cfg)
     sched = build_scheduler(cfg, net)
     data = load_data(cfg, net)
+    memory.check_batch_fits(cfg)  # CUDA: a batch that does not fit is refused with the largest that does
     n = data.steps_per_epoch
     checkpoint: ckpt_io.Checkpoint | None = None
     archive: RunArchive | None = None
@@ -68,7 +71,8 @@ def train(cfg: RunConfig, out: Path, *, progress: bool, resume: bool, keep_diver
                                                         allow=allow_change)
     if checkpoint is None:
         archive = store.create(out, cfg, net, steps_per_epoch=n, resume=resume,
-                               probe_labels=None if data.probe is None else data.probe[1].cpu().numpy())
+                               probe_labels=None if data.probe is None else data.probe[1].cpu().numpy(),
+                               attrs={"train_eval_samples": len(data.eval_train)})
         run = RunState(cfg, out, net, sched, data, Recorder(archive, net, data.probe, n, cfg.train.step.checks))
         log.info(f"run {cfg.name!r}: {cfg.train.epochs} epochs of {n} steps, rules {','.join(net.rule_names)}, "
                  f"{cfg.train.dtype} on {net.device}, seed {cfg.train.seed} -> {out}")
@@ -127,14 +131,11 @@ def train_epoch(run: RunState, epoch: int, start: int, bar: tqdm | None) -> None
 
     Raises :class:`StepFailure` (nothing of this epoch written yet) when a step meets a NaN/Inf or a singular
     layer."""
-    from sim.data import iterate_batches
-
     cfg, net, sched, rec = run.cfg, run.net, run.sched, run.rec
     every = cfg.record.angle_every
     t0 = time.perf_counter()
     rec.start_epoch()
-    batches = iterate_batches(run.data.train, cfg.train.batch_size, seed=cfg.train.seed, epoch=epoch,
-                              drop_last=cfg.train.drop_last, num_workers=cfg.train.num_workers, start_batch=start)
+    batches = run.data.loaders["train"].epoch(epoch, start)  # on the device, in the network's dtype
     i = start
     last_postfix = 0.0
     x = None
@@ -144,8 +145,6 @@ def train_epoch(run: RunState, epoch: int, start: int, bar: tqdm | None) -> None
     before = None
     try:
         for i, (x, y) in enumerate(batches, start=start):
-            x = x.to(device=net.device, dtype=net.dtype, non_blocking=True)
-            y = y.to(device=net.device, non_blocking=True)
             if noisy:
                 before = sched.generator.get_state()
             if every and sched.step_count % every == 0:
@@ -180,9 +179,8 @@ def train_epoch(run: RunState, epoch: int, start: int, bar: tqdm | None) -> None
                 step=step, layer=net.names[-1], quantity="loss"), epoch, start, end, unchecked=True)
     rec.flush_steps(epoch, start, end, sched.step_count)
 
-    loader = dict(seed=0, epoch=0, shuffle=False, num_workers=cfg.train.num_workers)
-    m_train = metrics.evaluate(net, iterate_batches(run.data.train, cfg.train.eval_batch_size, **loader))
-    m_test = metrics.evaluate(net, iterate_batches(run.data.test, cfg.train.eval_batch_size, **loader))
+    m_train = metrics.evaluate(net, evaluation_batches(run.data, "train", cfg.train.eval_batch_size))
+    m_test = metrics.evaluate(net, evaluation_batches(run.data, "test", cfg.train.eval_batch_size))
     ortho = metrics.ortho_errors(net)
     state = metrics.state_metrics(net)
     if epoch in cfg.record.probe_epochs:

@@ -230,17 +230,18 @@ def check_complete(path: Path) -> None:
                            "with --overwrite (or restore the store from a backup).")
 
 
-def create(path: Path, cfg: RunConfig, net: Network, *, steps_per_epoch: int, probe_labels, resume: bool
-           ) -> RunArchive:
-    """A new store at ``path`` for ``cfg`` on ``net``, with its provenance; a run store already there is removed
-    first (it was planned to be replaced)."""
+def create(path: Path, cfg: RunConfig, net: Network, *, steps_per_epoch: int, probe_labels, resume: bool,
+           attrs: dict | None = None) -> RunArchive:
+    """A new store at ``path`` for ``cfg`` on ``net``, with its provenance and ``attrs`` (what the data add, e.g.
+    ``train_eval_samples``); a run store already there is removed first (it was planned to be replaced)."""
     if (path.exists() or path.is_symlink()) and not is_empty_folder(path):
         log.info(f"{path}: no checkpoint to resume from; starting over" if resume else f"replacing {path}")
         remove_store(path)
     layers = [LayerInfo(layer.name, rule.name, bool(layer.square), tuple(layer.out_shape))
               for layer, rule in zip(net.layers, net.rules)]
     return RunArchive.create(path, layers=layers, steps_per_epoch=steps_per_epoch, probe_labels=probe_labels,
-                             activity_dtype=cfg.train.dtype, attrs=provenance.start_attrs(cfg, net.device))
+                             activity_dtype=cfg.train.dtype,
+                             attrs={**provenance.start_attrs(cfg, net.device), **(attrs or {})})
 
 
 def publish(partial: Path, out: Path) -> Path:

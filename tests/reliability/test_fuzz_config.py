@@ -122,6 +122,7 @@ def valid_configs(draw, buildable: bool = False):
             "ortho_every": st.integers(1, 1000), "skip_aux": st.booleans(), "fused_adam": st.booleans(),
             "symmetric_gram": st.booleans(), "compile_nudge": st.booleans()}),
         "drop_last": st.booleans(), "eval_batch_size": st.integers(1, 4096), "num_workers": st.integers(0, 8),
+        "eval_train_subset": st.one_of(st.none(), st.integers(1, 10**6)),
         "on_nonfinite": st.sampled_from(["stop", "retry"]), "retry_lr_factor": st.floats(0.01, 0.99),
         "max_retries": st.integers(0, 100),
         "device": st.just("cpu") if buildable else st.sampled_from(["cpu", "cuda", "cuda:1"]),
