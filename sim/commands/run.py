@@ -120,8 +120,15 @@ def main(args: argparse.Namespace) -> int:
         with stop_on_signals():
             return _main(args)
     except Stopped as exc:
+        from sim.distributed import launch_or_single
+
+        launch = launch_or_single()
+        if launch.rank != 0:  # a data-parallel run: the launcher stopped every process, and rank 0 says so
+            return 128 + exc.signum
         again = shlex.join(["python", "-m", "sim", "run", args.config, "--out", args.out, "--resume",
                             *(["--publish"] if args.publish else []), *(["--log", args.log] if args.log else [])])
+        if launch.world > 1:
+            again = f"the same {launch.launcher} command with --resume (with any number of processes), e.g. {again}"
         print(f"error: the run was stopped by {exc.signame} (terminated or pre-empted); everything up to its last "
               f"checkpoint is kept in {args.out}. Continue it with: {again}", file=sys.stderr)
         return 128 + exc.signum
@@ -144,5 +151,9 @@ def _main(args: argparse.Namespace) -> int:
     out = run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, device=device, progress=not args.quiet,
               log_file=args.log, publish=args.publish, on_diverge=args.on_diverge,
               allow_change=tuple(k.strip() for a in args.allow_change for k in a.split(",") if k.strip()))
-    print(out)
+    from sim.distributed import launch_or_single
+
+    if launch_or_single().rank == 0:  # one line for the whole run, also from a data-parallel one
+        print(out)
     return 0
+
