@@ -267,10 +267,9 @@ class Group:
         try:
             return fn()
         except RuntimeError as exc:  # torch.distributed.DistError (DistNetworkError, ...) is a RuntimeError
-            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise self.mark(DistributedError(
                 f"process {self.rank} of {self.world} lost contact with the other processes of the data-parallel "
-                f"run while {what} ({first[:200]}): one of them stopped or was killed (its own output, or the "
+                f"run while {what} ({_reason(exc)}): one of them stopped or was killed (its own output, or the "
                 "launcher's, says why). The store keeps everything up to its last checkpoint: continue with the "
                 "same command and --resume, with this number of processes or another")) from None
 
@@ -403,6 +402,14 @@ class Group:
 SINGLE = Group()
 
 
+def _reason(exc: BaseException) -> str:
+    """The first sentence of a backend's error, without its source location (``[.../pair.cc:561] Connection closed
+    by peer [127.0.0.1]:26793. This is typically ...`` -> ``Connection closed by peer [127.0.0.1]:26793``)."""
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "") or type(exc).__name__
+    text = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*", "", text)
+    return text.split(". ")[0].rstrip(".")[:200]
+
+
 def _describe(exc: BaseException) -> dict[str, Any]:
     """What the other processes need to raise ``exc``'s error (JSON)."""
     kind = ("nonfinite" if isinstance(exc, NonFiniteError) else "singular" if isinstance(exc, SingularLayerError)
@@ -427,9 +434,24 @@ def _rebuild(report: dict[str, Any], rank: int, world: int, what: str) -> Except
 
 
 # ----- joining ------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def same_on_every_process(env: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Errors in what every process of a launch reads alike (the config, the command line, the device asked for),
+    raised before the processes have joined: every process raises the same one, so rank 0 alone reports it (the
+    others' are marked ``reported_elsewhere``). A :class:`~sim.errors.DistributedError` (a process that cannot reach
+    the others) is each process's own, and printed by each."""
+    try:
+        yield
+    except GaitsimError as exc:
+        launch = launch_or_single(env)
+        if launch.rank != 0 and launch.world > 1 and not isinstance(exc, DistributedError):
+            exc.reported_elsewhere = True
+        raise
+
+
 def _backend(device: str, launch: Launch) -> str:
-    """The backend for ``device`` (NCCL for cuda, gloo for cpu), after checking that this process has a device of
-    its own; selects ``cuda:LOCAL_RANK`` as the current device (what ``cuda`` means in every process)."""
+    """The backend for ``device`` (NCCL for cuda, gloo for cpu), refusing a device that cannot be one process's
+    own; the same answer on every process."""
     import torch
 
     try:
@@ -447,16 +469,42 @@ def _backend(device: str, launch: Launch) -> str:
     if launch.local_rank is None:
         raise ConfigError("the launcher did not say which GPU of its machine this process uses (LOCAL_RANK, or "
                           "SLURM_LOCALID under srun, is not set); start the run with torchrun or srun")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if count == 0:
+    if not torch.cuda.is_available():
         raise ConfigError("device cuda asked for but CUDA is not available here; use --device cpu")
+    return "nccl"
+
+
+def _use_gpu(launch: Launch) -> None:
+    """Make ``cuda:LOCAL_RANK`` this process's current device (what ``cuda`` then means in it), or refuse a process
+    without a GPU of its own (more processes on its machine than visible GPUs)."""
+    import torch
+
+    count = torch.cuda.device_count()
     if launch.local_rank >= count:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         raise ConfigError(f"process {launch.rank} is process {launch.local_rank} of its machine but only {count} "
                           f"GPU(s) are visible{f' (CUDA_VISIBLE_DEVICES={visible})' if visible is not None else ''}; "
                           f"start at most {count} processes per machine (torchrun --nproc-per-node {count})")
     torch.cuda.set_device(launch.local_rank)
-    return "nccl"
+
+
+def _checked_backend(device: str, launch: Launch, joined: bool) -> str:
+    """The backend of a launch of several processes, every check that needs no other process done."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise DistributedError("this torch build has no torch.distributed, so it cannot train one run on several "
+                               "processes; install a torch with distributed support or start one process")
+    backend = _backend(device, launch)
+    if joined and str(dist.get_backend()) != backend:
+        raise ConfigError(f"device {device!r} needs the {backend} backend, but this process group uses "
+                          f"{dist.get_backend()}; initialise the process group with the device's backend (nccl "
+                          "for cuda, gloo for cpu)")
+    if not joined and (not launch.master_addr or launch.master_port is None):
+        raise ConfigError(f"process {launch.rank} of {launch.world}: MASTER_ADDR and MASTER_PORT are not set, so "
+                          "the processes cannot meet; start the run with torchrun (which sets them), or set them "
+                          "to rank 0's host and a free port")
+    return backend
 
 
 @contextlib.contextmanager
@@ -470,47 +518,38 @@ def join(device: str, env: Mapping[str, str] | None = None) -> Iterator[Group]:
             a device other than cpu and cuda, a process group of the other backend).
         DistributedError: the processes cannot meet (rendezvous address, port, a process that never started).
     """
-    launch = launch_from_env(env)
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        if dist.get_world_size() == 1:
-            yield SINGLE
-            return
-        rank, world, backend = dist.get_rank(), dist.get_world_size(), str(dist.get_backend())
-        wanted = _backend(device, Launch(rank, world, launch.local_rank, launch.launcher))
-        if backend != wanted:
-            raise ConfigError(f"device {device!r} needs the {wanted} backend, but this process group uses {backend}; "
-                              "initialise the process group with the device's backend (nccl for cuda, gloo for cpu)")
-        control = dist.new_group(backend="gloo", timeout=TIMEOUT) if backend == "nccl" else None
-        yield Group(rank, world, backend=backend, control=control)
-        return
+    with same_on_every_process(env):
+        launch = launch_from_env(env)
+        joined = dist.is_available() and dist.is_initialized()
+        backend = None
+        if joined:  # the caller's process group: its ranks are the truth
+            launch = Launch(dist.get_rank(), dist.get_world_size(), launch.local_rank, launch.launcher)
+        if launch.world > 1:
+            backend = _checked_backend(device, launch, joined)
     if launch.world == 1:
         yield SINGLE
         return
-    if not dist.is_available():
-        raise DistributedError("this torch build has no torch.distributed, so it cannot train one run on several "
-                               "processes; install a torch with distributed support or start one process")
-    backend = _backend(device, launch)
-    if not launch.master_addr or launch.master_port is None:
-        raise ConfigError(f"process {launch.rank} of {launch.world}: MASTER_ADDR and MASTER_PORT are not set, so the "
-                          "processes cannot meet; start the run with torchrun (which sets them), or set them to rank "
-                          "0's host and a free port")
-    if env is None:  # env:// reads them here (srun's were derived above); torchrun's are left as they are
-        os.environ.setdefault("MASTER_ADDR", launch.master_addr)
-        os.environ.setdefault("MASTER_PORT", str(launch.master_port))
+    if not joined:
+        if env is None:  # env:// reads them here (srun's were derived above); torchrun's are left as they are
+            os.environ.setdefault("MASTER_ADDR", launch.master_addr)
+            os.environ.setdefault("MASTER_PORT", str(launch.master_port))
+        try:
+            dist.init_process_group(backend, init_method="env://", rank=launch.rank, world_size=launch.world,
+                                    timeout=TIMEOUT)
+        except (RuntimeError, ValueError) as exc:
+            raise DistributedError(f"process {launch.rank} of {launch.world} cannot join the data-parallel run at "
+                                   f"{launch.master_addr}:{launch.master_port} ({backend}): {_reason(exc)}. Check "
+                                   "that every process was started with the same MASTER_ADDR and MASTER_PORT and can "
+                                   "reach that host") from None
+    # the failure flags go over gloo on the CPU beside NCCL, so they never wait for the GPU
+    control = dist.new_group(backend="gloo", timeout=TIMEOUT) if backend == "nccl" else None
+    group = Group(launch.rank, launch.world, backend=backend, control=control, owned=not joined)
     try:
-        dist.init_process_group(backend, init_method="env://", rank=launch.rank, world_size=launch.world,
-                                timeout=TIMEOUT)
-        control = dist.new_group(backend="gloo", timeout=TIMEOUT) if backend == "nccl" else None
-    except (RuntimeError, ValueError) as exc:
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise DistributedError(f"process {launch.rank} of {launch.world} cannot join the data-parallel run at "
-                               f"{launch.master_addr}:{launch.master_port} ({backend}): {first[:300]}. Check that "
-                               "every process was started with the same MASTER_ADDR and MASTER_PORT and can reach "
-                               "that host") from None
-    group = Group(launch.rank, launch.world, backend=backend, control=control, owned=True)
-    try:
+        with group.agree("choosing each process's GPU"):
+            if backend == "nccl":
+                _use_gpu(launch)
         yield group
     finally:
         group.close()

@@ -141,6 +141,11 @@ def _check_finite(layer, tensor: Tensor, quantity: str, step: int | None, check:
         layer.check_finite(tensor, quantity, step)
 
 
+def _loss_error(net: Network, step: int | None) -> NonFiniteError:
+    return NonFiniteError(f"non-finite loss at step {step}; lower the learning rate or check the inputs", step=step,
+                          layer=net.layers[-1].name, quantity="loss")
+
+
 def forward_phase(net: Network, x: Tensor, activity_noise: list[Tensor | None] | None = None,
                   narrow: list[bool] | None = None) -> ForwardPass:
     """Run every layer bottom-up, adding the given activity noise to each pre-activation (tensor or None).
@@ -192,8 +197,7 @@ def message_phase(net: Network, fp: ForwardPass, y: Tensor, message_std: tuple[f
     if isinstance(check, list):
         check.append(~torch.isfinite(loss))
     elif check and not bool(torch.isfinite(loss)):
-        raise NonFiniteError(f"non-finite loss at step {step}; lower the learning rate or check the inputs",
-                             step=step, layer=layers[-1].name, quantity="loss")
+        raise _loss_error(net, step)
     msg = rules[-1].top_message(fp.outputs[-1], e)
     broadcast = layers[-1].read(e)  # the broadcast channel's signal: the output error on the logit units
     messages: list[Message | None] = [None] * len(layers)
@@ -379,7 +383,26 @@ class Scheduler:
         part = self.parallel.part_of(x.shape[0], f"step {self.step_count}")
         with self.parallel.agree(f"computing step {self.step_count}"):
             result = self._local(x, y, part)
-        return self.parallel.reduce_step(self.net, result)
+        result = self.parallel.reduce_step(self.net, result)
+        if self.check_numerics:
+            self._check_sums(result)
+        return result
+
+    def _check_sums(self, result: StepResult) -> None:
+        """Stop where the single-process step stops when only the sum over the processes is non-finite (the
+        parts' float sums are finite, the batch's overflows): the loss first, then each layer's updates, as the
+        phases check them. The same sums, so the same error, on every process. One host sync; the tensors one by
+        one only when something is off."""
+        net, step = self.net, self.step_count
+        named = [(layer, f"{k} update", v) for layer, upd in zip(net.layers, result.updates) for k, v in upd.items()]
+        named += [(layer, f"feedback {k} update", v) for layer, fb in zip(net.layers, result.feedback_updates)
+                  for k, v in fb.items()]
+        if bool(torch.isfinite(torch.stack([result.loss.double(), *(v.double().sum() for _, _, v in named)])).all()):
+            return
+        if not bool(torch.isfinite(result.loss)):
+            raise _loss_error(net, step)
+        for layer, quantity, v in named:
+            layer.check_finite(v, quantity, step)
 
     def _local(self, x: Tensor, y: Tensor, part: BatchPart | None) -> StepResult:
         if self.numerics != "step":

@@ -136,23 +136,23 @@ def main(args: argparse.Namespace) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     from sim.config import load_config
+    from sim.distributed import launch_or_single, same_on_every_process
     from sim.errors import ConfigError
     from sim.run import run
 
-    cfg = load_config(args.config, overrides=args.overrides)
-    device = args.device
-    if device is None and os.environ.get(DEVICE_ENV):
-        device = os.environ[DEVICE_ENV]
-        try:
-            cfg = cfg.with_device(device)
-        except ConfigError as exc:
-            raise ConfigError(f"{DEVICE_ENV}={device!r} is not a device this run can use ({exc}); unset it or pass "
-                              "--device") from None
+    with same_on_every_process():  # every process of a data-parallel launch reads the same: rank 0 reports it
+        cfg = load_config(args.config, overrides=args.overrides)
+        device = args.device
+        if device is None and os.environ.get(DEVICE_ENV):
+            device = os.environ[DEVICE_ENV]
+            try:
+                cfg = cfg.with_device(device)
+            except ConfigError as exc:
+                raise ConfigError(f"{DEVICE_ENV}={device!r} is not a device this run can use ({exc}); unset it or "
+                                  "pass --device") from None
     out = run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, device=device, progress=not args.quiet,
               log_file=args.log, publish=args.publish, on_diverge=args.on_diverge,
               allow_change=tuple(k.strip() for a in args.allow_change for k in a.split(",") if k.strip()))
-    from sim.distributed import launch_or_single
-
     if launch_or_single().rank == 0:  # one line for the whole run, also from a data-parallel one
         print(out)
     return 0

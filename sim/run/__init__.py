@@ -80,6 +80,21 @@ def run(cfg: RunConfig | dict | str | Path, out: str | Path, *, resume: bool = F
     Under a data-parallel launcher (torchrun, srun; :func:`sim.distributed.join`) every process calls this with
     the same arguments and returns ``out`` together; rank 0 alone writes (and prints, with ``progress``).
     """
+    with distributed.same_on_every_process():  # errors in the arguments: rank 0 alone reports them
+        cfg, out = _checked(cfg, out, resume=resume, overwrite=overwrite, device=device, on_diverge=on_diverge,
+                            allow_change=tuple(allow_change))
+    with distributed.join(cfg.train.device) as par, contextlib.ExitStack() as held:
+        with par.agree("locking the run store"):
+            if par.writes:  # one writer per store, for the run's whole life (publishing included)
+                held.enter_context(lock.hold(out))
+        return _run_locked(cfg, out, resume=resume, overwrite=overwrite, progress=progress and par.writes,
+                           log_file=log_file, publish=publish, on_diverge=on_diverge,
+                           allow_change=tuple(allow_change), par=par)
+
+
+def _checked(cfg: RunConfig | dict | str | Path, out: str | Path, *, resume: bool, overwrite: bool,
+             device: str | None, on_diverge: str, allow_change: tuple[str, ...]) -> tuple[RunConfig, Path]:
+    """The resolved config and output path, every argument checked before anything is built or written."""
     if not isinstance(cfg, RunConfig):
         cfg = load_config(cfg)
     if device is not None:
@@ -93,14 +108,7 @@ def run(cfg: RunConfig | dict | str | Path, out: str | Path, *, resume: bool = F
     if on_diverge not in ON_DIVERGE:
         raise ConfigError(f"on_diverge must be one of {', '.join(ON_DIVERGE)}, got {on_diverge!r}")
     cfg.data.spec()  # e.g. data.path still null: refuse before anything is built
-    out = store.output_path(out)
-    with distributed.join(cfg.train.device) as par, contextlib.ExitStack() as held:
-        with par.agree("locking the run store"):
-            if par.writes:  # one writer per store, for the run's whole life (publishing included)
-                held.enter_context(lock.hold(out))
-        return _run_locked(cfg, out, resume=resume, overwrite=overwrite, progress=progress and par.writes,
-                           log_file=log_file, publish=publish, on_diverge=on_diverge, allow_change=allow_change,
-                           par=par)
+    return cfg, store.output_path(out)
 
 
 def _run_locked(cfg: RunConfig, out: Path, *, resume: bool, overwrite: bool, progress: bool,
