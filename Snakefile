@@ -31,7 +31,7 @@ include: "workflow/rules/table.smk"
 
 wildcard_constraints:
     study=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    experiment=r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+~[A-Za-z0-9._+-]+)*",
+    experiment=EXPERIMENT,  # sim.study: a name and its sweep point's key~value folders
     rule=r"[a-z0-9]+(\+[a-z0-9]+)?",
     seed=r"[0-9]+",
 

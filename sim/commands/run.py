@@ -54,7 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", metavar="DEVICE",
                    help=f"cpu, cuda or cuda:N; default: ${DEVICE_ENV} if set (`python -m sim lease` sets it to the "
                    "leased GPU), else the config's train.device")
-    p.add_argument("--log", metavar="FILE", help="log file (default: STORE.log beside the store)")
+    # --log-file: the spelling torchrun passes on (its own parser takes a bare --log for one of its --log-* options)
+    p.add_argument("--log", "--log-file", metavar="FILE", dest="log",
+                   help="log file (default: STORE.log beside the store); under torchrun write --log-file")
     p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines on stderr (the log file "
                    "still gets everything)")
 
