@@ -475,17 +475,22 @@ def _backend(device: str, launch: Launch) -> str:
 
 
 def _use_gpu(launch: Launch) -> None:
-    """Make ``cuda:LOCAL_RANK`` this process's current device (what ``cuda`` then means in it), or refuse a process
-    without a GPU of its own (more processes on its machine than visible GPUs)."""
+    """Make this process's own GPU its current device (what ``cuda`` then means in it): ``cuda:LOCAL_RANK`` among
+    the GPUs its machine shows, or ``cuda:0`` where ``srun`` shows each task one GPU of its own (``--gpus-per-task
+    1``); refuse a process without one (more processes on its machine than visible GPUs)."""
     import torch
 
     count = torch.cuda.device_count()
-    if launch.local_rank >= count:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        raise ConfigError(f"process {launch.rank} is process {launch.local_rank} of its machine but only {count} "
-                          f"GPU(s) are visible{f' (CUDA_VISIBLE_DEVICES={visible})' if visible is not None else ''}; "
-                          f"start at most {count} processes per machine (torchrun --nproc-per-node {count})")
-    torch.cuda.set_device(launch.local_rank)
+    if launch.local_rank < count:
+        torch.cuda.set_device(launch.local_rank)
+        return
+    if count == 1 and launch.launcher == "srun":
+        torch.cuda.set_device(0)
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    raise ConfigError(f"process {launch.rank} is process {launch.local_rank} of its machine but only {count} GPU(s) "
+                      f"are visible{f' (CUDA_VISIBLE_DEVICES={visible})' if visible is not None else ''}; start at "
+                      f"most {count} processes per machine (torchrun --nproc-per-node {count})")
 
 
 def _checked_backend(device: str, launch: Launch, joined: bool) -> str:

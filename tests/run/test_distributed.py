@@ -77,6 +77,24 @@ def test_a_device_that_does_not_fit_the_launch_is_refused(device, match):
             pass
 
 
+def test_each_process_takes_its_own_gpu(monkeypatch):
+    """cuda:LOCAL_RANK among the machine's GPUs; cuda:0 where srun shows each task one GPU of its own; refused where
+    a machine has more processes than GPUs (checked after joining, so it is one agreed error)."""
+    from sim.distributed import Launch, _use_gpu
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    _use_gpu(Launch(5, 8, 1, "torchrun"))
+    with pytest.raises(ConfigError, match="process 2 of its machine but only 2 GPU.*--nproc-per-node 2"):
+        _use_gpu(Launch(2, 8, 2, "torchrun"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    _use_gpu(Launch(3, 8, 3, "srun"))
+    with pytest.raises(ConfigError, match="only 1 GPU"):
+        _use_gpu(Launch(3, 8, 3, "torchrun"))
+    assert chosen == [1, 0]
+
+
 def test_a_launch_without_a_rendezvous_is_refused():
     env = {k: v for k, v in TORCHRUN.items() if not k.startswith("MASTER")}
     with pytest.raises(ConfigError, match="MASTER_ADDR and MASTER_PORT are not set"), join("cpu", env=env):
