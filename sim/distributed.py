@@ -114,7 +114,7 @@ def launch_from_env(env: Mapping[str, str] | None = None) -> Launch:
     ``SLURM_LOCALID``; set by ``srun`` only, so a batch script's own ``SLURM_NTASKS`` never makes a plain
     ``python -m sim run`` wait for processes nobody started); neither: one process."""
     env = os.environ if env is None else env
-    if "WORLD_SIZE" in env or "RANK" in env:
+    if "WORLD_SIZE" in env and "RANK" in env:  # both: a variable of that name alone may be another tool's
         world, rank = _int(env, "WORLD_SIZE"), _int(env, "RANK")
         local = _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else None
         port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else None
@@ -195,9 +195,12 @@ class Group:
         start = sum(counts[:self.rank])
         return BatchPart(start, start + rows, sum(counts))
 
-    def check_batches(self, samples: int, batch_size: int, drop_last: bool) -> None:
-        """Refuse a training batch with fewer samples than processes (some process's part would be empty, and a
-        step is not defined on no samples): ``batch_size`` below the number of processes, or a short last batch."""
+    def check_batches(self, samples: int, batch_size: int, drop_last: bool,
+                      evaluated: dict[str, int] | None = None, eval_batch_size: int | None = None) -> None:
+        """Refuse a batch with fewer samples than processes (some process's part would be empty): a training batch
+        (``batch_size`` below the number of processes, or the epoch's short last batch), where a step is not
+        defined on no samples, or the last batch of an evaluated split (``evaluated``: samples by split name), which
+        a streaming loader cannot read as an empty part."""
         if self.world == 1:
             return
         if batch_size < self.world:
@@ -211,6 +214,13 @@ class Group:
                               "data-parallel run: every process needs at least one sample of each batch. Set "
                               f"train.drop_last: true, start at most {last} processes, or change train.batch_size",
                               key="train.drop_last")
+        for split, count in (evaluated or {}).items():
+            last = count % eval_batch_size
+            if 0 < last < self.world:
+                raise ConfigError(f"the last evaluation batch of the {split} split holds {last} of its {count} samples "
+                                  f"(train.eval_batch_size {eval_batch_size}), too few for the {self.world} processes "
+                                  "of this data-parallel run, each of which evaluates its part; change "
+                                  "train.eval_batch_size", key="train.eval_batch_size")
 
     # ----- agreeing on failures (control plane) -------------------------------------------------------------------
     @contextlib.contextmanager

@@ -58,7 +58,7 @@ def evaluate(net: Network, batches, *, top: int = 5, reduce: Callable[[list[Tens
     loss = torch.zeros((), dtype=torch.float64, device=dev)
     n = 0
     for x, y in batches:
-        if y.shape[0] == 0:  # a process's part of a short last batch (nothing to add; layers refuse empty input)
+        if y.shape[0] == 0:  # no part of a batch for this process (nothing to add; layers refuse empty input)
             continue
         x = x.to(device=dev, dtype=dtype, non_blocking=True)
         y = y.to(device=dev, non_blocking=True)

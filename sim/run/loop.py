@@ -70,7 +70,8 @@ def train(cfg: RunConfig, out: Path, *, progress: bool, resume: bool, keep_diver
         net = build_network(cfg)
         sched = build_scheduler(cfg, net, par)
         data = load_data(cfg, net)
-        par.check_batches(len(data.train), cfg.train.batch_size, cfg.train.drop_last)
+        par.check_batches(len(data.train), cfg.train.batch_size, cfg.train.drop_last,
+                          {"train": len(data.train), "test": len(data.test)}, cfg.train.eval_batch_size)
     n = data.steps_per_epoch
     checkpoint: ckpt_io.Checkpoint | None = None
     archive: RunArchive | None = None

@@ -44,6 +44,7 @@ def test_a_batch_script_and_a_plain_shell_are_one_process():
     # sbatch sets SLURM_PROCID and SLURM_NTASKS for the batch script itself: not a launch of several processes
     assert launch_from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_JOB_ID": "1"}).world == 1
     assert launch_from_env({}).world == 1
+    assert launch_from_env({"RANK": "3"}).world == 1  # one of torchrun's names alone is not a launch
     with join("cpu", env={}) as group:
         assert group is SINGLE
 
@@ -111,6 +112,9 @@ def test_batches_with_fewer_samples_than_processes_are_refused():
     assert exc.value.key == "train.drop_last"
     group.check_batches(98, 32, drop_last=True)
     group.check_batches(100, 32, drop_last=False)  # a last batch of 4: one sample each
+    with pytest.raises(ConfigError, match="last evaluation batch of the test split holds 2 of its 1026") as exc:
+        group.check_batches(100, 32, drop_last=False, evaluated={"train": 100, "test": 1026}, eval_batch_size=1024)
+    assert exc.value.key == "train.eval_batch_size"
     SINGLE.check_batches(1, 32, drop_last=False)
 
 
