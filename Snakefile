@@ -34,7 +34,7 @@ from sim.rules.registry import RULE_NAME  # after common.smk put this repo on sy
 
 wildcard_constraints:
     study=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    experiment=r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+~[A-Za-z0-9._+-]+)*",
+    experiment=EXPERIMENT,  # sim.study: a name and its sweep point's key~value folders
     rule=rf"{RULE_NAME}(\+{RULE_NAME})?",  # a rule, or a below+above mixture
     seed=r"[0-9]+",
 

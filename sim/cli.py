@@ -2,7 +2,8 @@
 
 Each subcommand module defines ``help`` (one line), ``add_arguments(parser)`` and ``main(args) -> int``; the
 dispatcher turns every :class:`~sim.errors.GaitsimError` into a one-line ``error: ...`` on stderr and exit status 2,
-so bad input never ends in a traceback.
+so bad input never ends in a traceback. An error marked ``reported_elsewhere`` (every process of a data-parallel run
+raised it, and rank 0 prints it: :mod:`sim.distributed`) ends with status 2 and prints nothing.
 """
 
 from __future__ import annotations
@@ -37,12 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say(exc: BaseException, line: str) -> None:
+    if not getattr(exc, "reported_elsewhere", False):
+        print(line, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._main(args) or 0)
     except GaitsimError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say(exc, f"error: {exc}")
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -50,17 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a path the operating system refuses (too long, not permitted, ...): named, one line
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         what = exc.strerror or str(exc) or type(exc).__name__
-        print(f"error: {what}{where}"[:1000], file=sys.stderr)
+        _say(exc, f"error: {what}{where}"[:1000])
         return 2
     except (MemoryError, RecursionError) as exc:  # a size or depth no check foresaw: still one line, not a traceback
-        print(f"error: {type(exc).__name__}: {str(exc)[:300] or 'out of memory'}; lower the sizes asked for",
-              file=sys.stderr)
+        _say(exc, f"error: {type(exc).__name__}: {str(exc)[:300] or 'out of memory'}; lower the sizes asked for")
         return 2
     except RuntimeError as exc:
         if type(exc).__name__ != "OutOfMemoryError" and "allocate" not in str(exc):
             raise
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        print(f"error: out of memory ({first}); lower the batch size or the network's widths", file=sys.stderr)
+        _say(exc, f"error: out of memory ({first}); lower the batch size or the network's widths")
         return 2
 
 

@@ -73,12 +73,16 @@ class Correspondence:
 def compare(scheduler: Scheduler, x: Tensor, y: Tensor, result: StepResult | None = None) -> Correspondence:
     """Compute (or take) one step's raw updates and compare them with BP's on the same batch and noise.
 
-    The weights are not changed; pass ``result`` to reuse a step already computed by ``scheduler.compute``.
+    The weights are not changed; pass ``result`` to reuse a step already computed by ``scheduler.compute``. In a
+    data-parallel step (``scheduler.parallel``; ``x`` is this process's part of the batch) BP's gradient is summed
+    over the processes as the updates are, so both are the global batch's.
     """
     net = scheduler.net
     if result is None:
         result = scheduler.compute(x, y)
     reference = bp_reference(net, x, y, result.forward.noise)
+    if scheduler.parallel is not None:
+        scheduler.parallel.sum_([g for ref in reference for g in ref.values()], "summing BP's reference gradient")
     angles, ratios = [], []
     for upd, ref in zip(result.updates, reference):
         angles.append(angle_deg(upd["weight"], ref["weight"]))

@@ -13,6 +13,9 @@ class GaitsimError(Exception):
     layer_index: int | None = None
     """The index (bottom to top, output last) of the layer being built when the error was raised, when known;
     set by :class:`sim.network.Network`, read by the config loader to name the config key."""
+    reported_elsewhere: bool = False
+    """Set on the processes of a data-parallel run but rank 0 for an error all of them raise together
+    (:meth:`sim.distributed.Group.agree`): rank 0 prints it, the others end with status 2 without repeating it."""
 
 
 class ConfigError(GaitsimError, ValueError):
@@ -52,6 +55,11 @@ class NonFiniteError(GaitsimError, ArithmeticError):
         self.step = step
         self.layer = layer
         self.quantity = quantity
+
+
+class DistributedError(GaitsimError, RuntimeError):
+    """A data-parallel run that cannot go on together: a process cannot join it (launch settings, device, backend),
+    was lost (killed, crashed) or failed; the message names the process and what to do."""
 
 
 class Stopped(KeyboardInterrupt):

@@ -189,6 +189,11 @@ class Lease:
         return self._fd
 
     @property
+    def fds(self) -> tuple[int, ...]:
+        """:attr:`fd` as a tuple, empty where nothing is locked (as :attr:`Leases.fds`)."""
+        return () if self._fd is None else (self._fd,)
+
+    @property
     def env(self) -> dict[str, str]:
         """Environment settings that pin a child process to this device."""
         if self.physical_id is None:
@@ -415,6 +420,115 @@ def lease_gpu(timeout: float | None = 600.0, *, require_gpu: bool = False, fallb
                 f"all {len(pool)} GPU(s) of the pool ({','.join(pool)}) stayed leased for {timeout:g} s (locks in "
                 f"{folder}); wait for running jobs, lower --resources gpu=N to the number of GPUs, or raise the "
                 "lease timeout")
+        time.sleep(poll)
+
+
+# ----- several GPUs for one job -------------------------------------------------------------------------------------
+@dataclass
+class Leases:
+    """Several GPUs leased together for one job, a data-parallel run with one process per GPU (docs/runs.md,
+    "Several GPUs"): each locked as :func:`lease_gpu` locks one, all of them visible to the job (``cuda:0`` ..
+    ``cuda:N-1``; process ``LOCAL_RANK`` k uses ``cuda:k``). Use as a context manager, or call :meth:`release`."""
+
+    ids: list[str]
+    """The GPUs as the machine knows them (indices or UUIDs); empty for the CPU."""
+    source: str = "cpu"
+    """'pool' (locked), 'cluster' (a SLURM allocation, used as is) or 'cpu'."""
+    locks: list[Lease] = field(default_factory=list)
+    """The one-GPU leases holding the lock files ('pool' only)."""
+
+    @property
+    def device(self) -> str:
+        """What the job trains on: ``cuda`` (each process its own GPU) or ``cpu``."""
+        return "cuda" if self.ids else "cpu"
+
+    @property
+    def physical_id(self) -> str | None:
+        return ",".join(self.ids) or None
+
+    @property
+    def fds(self) -> tuple[int, ...]:
+        """The locked descriptors (pass them to the child with ``pass_fds``, so the GPUs stay leased while it runs)."""
+        return tuple(lease.fd for lease in self.locks if lease.fd is not None)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment settings that give a child process exactly these GPUs."""
+        return {VISIBLE_ENV: ",".join(self.ids)}
+
+    def verify(self) -> str | None:
+        """:meth:`Lease.verify` of every GPU; the problems, or None."""
+        problems = [p for p in (lease.verify() for lease in self.locks) if p]
+        return "; ".join(problems) or None
+
+    def release(self) -> None:
+        for lease in self.locks:
+            lease.release()
+
+    def __enter__(self) -> Leases:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def lease_gpus(count: int, timeout: float | None = 600.0, *, require_gpu: bool = False, fallback_cpu: bool = False,
+               poll: float = 0.5, env: dict[str, str] | None = None) -> Leases:
+    """Lease ``count`` GPUs at once for a job (see :class:`Leases`): all of them or none, so two jobs waiting for
+    GPUs never hold half of what each needs; the environment of this process is left alone (the job is a child:
+    :attr:`Leases.env`). Inside a SLURM job with GPUs its allocation is used as is (the first ``count`` of them).
+
+    Raises:
+        GpuLeaseError: fewer GPUs than ``count`` in the pool or the allocation, or ``require_gpu`` and none at all.
+        GpuLeaseTimeout: ``count`` GPUs were not free together for ``timeout`` seconds (and not ``fallback_cpu``).
+    """
+    env = os.environ if env is None else env
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise GpuLeaseError(f"the number of GPUs to lease must be a positive integer, got {count!r}")
+    if in_cluster_allocation(env):
+        ids = _split_ids(env[VISIBLE_ENV])
+        if len(ids) < count:
+            raise GpuLeaseError(f"this SLURM job was given {len(ids)} GPU(s) (CUDA_VISIBLE_DEVICES={','.join(ids)}) "
+                                f"but the run asks for {count}; give the job {count} GPUs (sbatch --gpus={count}, the "
+                                "workflow's gpu resource)")
+        return Leases(ids[:count], "cluster")
+    pool = gpu_pool(env)
+    if not pool:
+        if require_gpu:
+            raise GpuLeaseError(f"no GPU to lease ({count} asked for): nvidia-smi lists none and neither "
+                                "GAITSIM_GPU_POOL nor CUDA_VISIBLE_DEVICES names one; run on a GPU machine, or set "
+                                "the study's device to cpu or auto")
+        return Leases([])
+    keys = canonical_ids(pool)
+    unique = {key: device_id for device_id, key in reversed(list(zip(pool, keys)))}
+    devices = [(key, unique[key]) for key in dict.fromkeys(keys)]
+    if len(devices) < count:
+        raise GpuLeaseError(f"the run asks for {count} GPUs but the pool has {len(devices)} ({','.join(pool)}); give "
+                            f"it at most {len(devices)} (the experiment's gpus), or run it where there are more")
+    _refuse_nested(env)
+    folder = lock_dir(env)
+    _ensure_dir(folder)
+    deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+    while True:
+        taken: list[Lease] = []
+        for key, device_id in devices:
+            path = folder / _lock_name(key)
+            fd = _try_lock(path)
+            if fd is not None:
+                _held[fd] = device_id
+                taken.append(Lease(device="cuda:0", physical_id=device_id, lock_path=path, source="pool", key=key,
+                                   _fd=fd))
+                if len(taken) == count:
+                    return Leases([lease.physical_id for lease in taken], "pool", taken)
+        for lease in taken:  # not enough free together: give these back, so another job can take what it needs
+            lease.release()
+        if deadline is not None and time.monotonic() >= deadline:
+            if fallback_cpu:
+                return Leases([])
+            raise GpuLeaseTimeout(
+                f"{count} of the {len(devices)} GPU(s) of the pool ({','.join(pool)}) were never free together for "
+                f"{timeout:g} s (locks in {folder}); wait for running jobs, lower --resources gpu=N to the number of "
+                "GPUs, or raise the lease timeout")
         time.sleep(poll)
 
 

@@ -14,6 +14,7 @@ layers with a square weight matrix, and the probe batch's activities and targets
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,10 +42,14 @@ class SplitMetrics:
 
 
 @torch.no_grad()
-def evaluate(net: Network, batches, *, top: int = 5) -> SplitMetrics:
+def evaluate(net: Network, batches, *, top: int = 5, reduce: Callable[[list[Tensor]], None] | None = None
+             ) -> SplitMetrics:
     """Evaluate ``net(x)`` on an iterable of ``(x, y)`` batches (cast and moved to the network's dtype/device).
 
-    Counts accumulate on the device and are read once at the end (one host sync per split).
+    Counts accumulate on the device and are read once at the end (one host sync per split). ``reduce``: sums
+    ``[correct top-1, correct top-k, summed loss, samples]`` (float64, in place) over the processes of a
+    data-parallel run, each of which evaluated its part of every batch (a part may be empty), before they are read:
+    the counts are exact, the summed loss equal up to the order of float additions.
     """
     k = min(top, net.classes)
     dev, dtype = net.device, net.dtype
@@ -53,6 +58,8 @@ def evaluate(net: Network, batches, *, top: int = 5) -> SplitMetrics:
     loss = torch.zeros((), dtype=torch.float64, device=dev)
     n = 0
     for x, y in batches:
+        if y.shape[0] == 0:  # no part of a batch for this process (nothing to add; layers refuse empty input)
+            continue
         x = x.to(device=dev, dtype=dtype, non_blocking=True)
         y = y.to(device=dev, non_blocking=True)
         logits = net(x)
@@ -61,6 +68,14 @@ def evaluate(net: Network, batches, *, top: int = 5) -> SplitMetrics:
         correctk += hits.any(dim=1).sum()
         loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum").double()
         n += int(y.shape[0])
+    if reduce is not None:
+        totals = torch.stack([correct1.double(), correctk.double(), loss, loss.new_tensor(float(n))])
+        reduce([totals])
+        hits1, hitsk, summed, count = totals.tolist()  # exact: counts below 2^53
+        n = int(count)
+        if n == 0:
+            return SplitMetrics(math.nan, math.nan, math.nan, 0)
+        return SplitMetrics(top1=hits1 / n, top5=hitsk / n, loss=summed / n, samples=n)
     if n == 0:
         return SplitMetrics(math.nan, math.nan, math.nan, 0)
     return SplitMetrics(top1=correct1.item() / n, top5=correctk.item() / n, loss=loss.item() / n, samples=n)

@@ -17,6 +17,12 @@ What a step computes and how is one frozen value, :class:`~sim.step_options.Step
 options=...)``, a run's ``train.step``), passed down explicitly to the phases, rules and layers: no process-wide switch
 changes a step.
 
+**Data-parallel steps** (:mod:`sim.distributed`): a scheduler given the processes of a run (``parallel``) computes
+the local phases on its part of the global batch (``part``, a :class:`~sim.step_options.BatchPart`; per-sample noise
+is drawn for the whole batch and cut to the part) and then sums the raw updates and the loss over the processes, so
+:meth:`Scheduler.compute` returns the step on the global batch and :meth:`Scheduler.apply` takes it unchanged. A layer
+still sees only its own input, output and message: the sum is the scheduler's, after the local phases.
+
 Numerics checks come in three modes (``StepOptions.check_numerics``): ``'tensor'`` (``True``) checks every message
 and update as it is made and stops at the first NaN/Inf with its layer named (one host-device sync per tensor);
 ``'step'`` accumulates one on-device flag per step, reads it once at the end of :meth:`Scheduler.compute` and, if it is
@@ -27,6 +33,7 @@ set, repeats the step (same noise) with per-tensor checks, which raise the same 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -36,7 +43,10 @@ from sim.errors import ConfigError, NonFiniteError, ShapeError
 from sim.linalg import Check
 from sim.message import Message
 from sim.network import Network, seed_streams
-from sim.step_options import DEFAULT_STEP, NUMERICS_CHECKS, StepOptions
+from sim.step_options import DEFAULT_STEP, NUMERICS_CHECKS, BatchPart, StepOptions, randn
+
+if TYPE_CHECKING:
+    from sim.distributed import Group
 
 __all__ = ["NUMERICS_CHECKS", "Check", "ForwardPass", "NoiseFloor", "Scheduler", "StepOptions", "StepResult",
            "feedback_phase", "forward_phase", "message_phase", "output_error", "plasticity_phase"]
@@ -94,6 +104,9 @@ class StepResult:
         updates: ``updates[l]`` is layer l's raw update ``{'weight': ..., 'bias': ...}``, before regulariser and Adam.
         feedback_updates: ``feedback_updates[l]``: raw updates of layer l's rule's own parameters (a learned feedback
             weight), by parameter name; ``{}`` for rules without learned state.
+
+    In a data-parallel step (:attr:`Scheduler.parallel`), ``loss``, ``updates`` and ``feedback_updates`` are sums over
+    the processes (the global batch's), while ``logits``, ``forward`` and ``messages`` are this process's part.
     """
 
     loss: Tensor
@@ -102,14 +115,22 @@ class StepResult:
     messages: list[Message]
     updates: list[dict[str, Tensor]]
     feedback_updates: list[dict[str, Tensor]] = field(default_factory=list)
+    part: BatchPart | None = None
+    """The rows of the global batch this process computed (a data-parallel step); None: the whole batch."""
+
+    @property
+    def batch_size(self) -> int:
+        """Samples in the batch the step is on: the global batch's in a data-parallel step."""
+        return self.logits.shape[0] if self.part is None else self.part.total
 
     def targets(self) -> list[Tensor]:
         """Materialised targets ``t_l = a_l + d_l`` ``[B, *out_shape_l]`` for every layer."""
         return [m.target(a) for m, a in zip(self.messages, self.forward.outputs)]
 
 
-def _gaussian(like: Tensor, std: float, generator: torch.Generator) -> Tensor:
-    return std * torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+def _gaussian(like: Tensor, std: float, generator: torch.Generator, part: BatchPart | None = None) -> Tensor:
+    """Noise of ``like``'s shape; with ``part`` the part's rows of the whole batch's draw (a data-parallel step)."""
+    return std * randn(like.shape, generator=generator, dtype=like.dtype, device=like.device, part=part)
 
 
 def _check_finite(layer, tensor: Tensor, quantity: str, step: int | None, check: Check) -> None:
@@ -118,6 +139,11 @@ def _check_finite(layer, tensor: Tensor, quantity: str, step: int | None, check:
         check.append(~torch.isfinite(tensor.sum()))
     elif check:
         layer.check_finite(tensor, quantity, step)
+
+
+def _loss_error(net: Network, step: int | None) -> NonFiniteError:
+    return NonFiniteError(f"non-finite loss at step {step}; lower the learning rate or check the inputs", step=step,
+                          layer=net.layers[-1].name, quantity="loss")
 
 
 def forward_phase(net: Network, x: Tensor, activity_noise: list[Tensor | None] | None = None,
@@ -151,7 +177,7 @@ def output_error(net: Network, a_out: Tensor, y: Tensor, narrow: bool = False) -
 
 def message_phase(net: Network, fp: ForwardPass, y: Tensor, message_std: tuple[float, ...] | None = None,
                   generator: torch.Generator | None = None, check: Check = True, step: int | None = None,
-                  options: StepOptions = DEFAULT_STEP) -> tuple[list[Message], Tensor]:
+                  options: StepOptions = DEFAULT_STEP, part: BatchPart | None = None) -> tuple[list[Message], Tensor]:
     """Top-down: the output error, then each layer's rule makes the message for the layer below.
 
     **The broadcast channel**: a layer whose rule is direct (``rule.direct``, e.g. DFA) receives instead
@@ -160,7 +186,8 @@ def message_phase(net: Network, fp: ForwardPass, y: Tensor, message_std: tuple[f
 
     Returns ``(messages, loss)`` with ``messages[l]`` the message layer l received. ``check``: see
     :data:`sim.linalg.Check` (it reaches the rules too: GP's factorisation checks the conditioning through it);
-    ``options``: the step's options, passed to every rule.
+    ``options``: the step's options, passed to every rule. ``part``: the rows of the global batch this call computes
+    (a data-parallel step): the message noise is drawn for the whole batch and cut to them.
     A layer that ran narrow (``fp.narrow``) receives its message about the forwarded units only: the zeros the aux
     units would get are not materialised.
     """
@@ -170,8 +197,7 @@ def message_phase(net: Network, fp: ForwardPass, y: Tensor, message_std: tuple[f
     if isinstance(check, list):
         check.append(~torch.isfinite(loss))
     elif check and not bool(torch.isfinite(loss)):
-        raise NonFiniteError(f"non-finite loss at step {step}; lower the learning rate or check the inputs",
-                             step=step, layer=layers[-1].name, quantity="loss")
+        raise _loss_error(net, step)
     msg = rules[-1].top_message(fp.outputs[-1], e)
     broadcast = layers[-1].read(e)  # the broadcast channel's signal: the output error on the logit units
     messages: list[Message | None] = [None] * len(layers)
@@ -180,7 +206,7 @@ def message_phase(net: Network, fp: ForwardPass, y: Tensor, message_std: tuple[f
             msg = rules[i].direct_message(layers[i], fp.outputs[i], broadcast)
             _check_finite(layers[i], msg.d, "direct message (broadcast output error)", step, check)
         if message_std is not None and message_std[i] > 0:
-            msg = Message(msg.d + _gaussian(msg.d, message_std[i], generator), msg.m)
+            msg = Message(msg.d + _gaussian(msg.d, message_std[i], generator, part), msg.m)
         messages[i] = msg
         if i == 0:
             break
@@ -207,12 +233,16 @@ def plasticity_phase(net: Network, fp: ForwardPass, messages: list[Message], che
 
 
 def feedback_phase(net: Network, fp: ForwardPass, messages: list[Message], updates: list[dict[str, Tensor]],
-                   check: Check = True, step: int | None = None) -> list[dict[str, Tensor]]:
+                   check: Check = True, step: int | None = None, part: BatchPart | None = None
+                   ) -> list[dict[str, Tensor]]:
     """Raw updates of every rule's own parameters (learned feedback), from the layer's own input, output, received
-    message and raw update (:meth:`~sim.rules.base.Rule.feedback_plasticity`); ``{}`` for rules without state."""
+    message and raw update (:meth:`~sim.rules.base.Rule.feedback_plasticity`); ``{}`` for rules without state.
+    ``part`` (a data-parallel step) reaches the rules as ``part=``, for the per-sample noise they draw."""
+    # passed only when set, so a plugin rule written before data-parallel runs keeps working in one process
+    extra = {} if part is None else {"part": part}
     out = []
     for layer, rule, a_in, a, msg, upd in zip(net.layers, net.rules, fp.inputs, fp.outputs, messages, updates):
-        fb = rule.feedback_plasticity(layer, a_in, a, msg, upd)
+        fb = rule.feedback_plasticity(layer, a_in, a, msg, upd, **extra)
         for k, v in fb.items():
             _check_finite(layer, v, f"feedback {k} update", step, check)
         out.append(fb)
@@ -229,10 +259,12 @@ class Scheduler:
         options: what a step computes and how (:class:`~sim.step_options.StepOptions`: numerics checks, aux
             skipping, regulariser interval, fused Adam, the ``W W^T`` form, the compiled nudge); default: the
             reference step with per-tensor numerics checks. Kept as :attr:`options`.
+        parallel: the processes of a data-parallel run (:class:`sim.distributed.Group`); each step's raw updates
+            and loss are then summed over them (:meth:`compute`). None (or one process): the single-process step.
     """
 
     def __init__(self, net: Network, noise: NoiseFloor | None = None, seed: int = 0,
-                 options: StepOptions = DEFAULT_STEP) -> None:
+                 options: StepOptions = DEFAULT_STEP, parallel: Group | None = None) -> None:
         if not isinstance(options, StepOptions):
             raise ConfigError(f"options must be a StepOptions, got {type(options).__name__}; build one with "
                               "sim.step_options.StepOptions(check_numerics=..., skip_aux=..., ...)")
@@ -240,6 +272,8 @@ class Scheduler:
         self.noise = noise or NoiseFloor()
         #: what a step computes and how (frozen)
         self.options = options
+        #: the processes whose parts of each batch a step sums (None: this process computes the whole batch)
+        self.parallel = parallel if parallel is not None and parallel.world > 1 else None
         depth = len(net.layers)
         self.message_std = self.noise.per_layer("message_std", depth)
         self.activity_std = self.noise.per_layer("activity_std", depth)
@@ -321,45 +355,81 @@ class Scheduler:
                 raise ShapeError(f"labels must lie in 0..{net.classes - 1}, got {int(y.min())}..{int(y.max())}")
         return x, y.long()
 
-    def draw_activity_noise(self, x: Tensor) -> list[Tensor | None]:
-        """Pre-draw the activity noise of one batch (None where the std is 0), so BP references can replay it."""
+    def draw_activity_noise(self, x: Tensor, part: BatchPart | None = None) -> list[Tensor | None]:
+        """Pre-draw the activity noise of one batch (None where the std is 0), so BP references can replay it;
+        ``part``: ``x`` is these rows of a global batch, whose noise is drawn and cut to them."""
         if not any(s > 0 for s in self.activity_std):
             return [None] * len(self.net.layers)
         out, batch = [], x.shape[0]
         for layer, std in zip(self.net.layers, self.activity_std):
             like = torch.empty((batch, *layer.out_shape), dtype=self.net.dtype, device=self.net.device)
-            out.append(_gaussian(like, std, self.generator) if std > 0 else None)
+            out.append(_gaussian(like, std, self.generator, part) if std > 0 else None)
         return out
 
     # ----- one step -----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def compute(self, x: Tensor, y: Tensor) -> StepResult:
-        """Forward, message and plasticity phases on one batch; the weights are not touched."""
+    def compute(self, x: Tensor, y: Tensor, part: BatchPart | None = None) -> StepResult:
+        """Forward, message and plasticity phases on one batch; the weights are not touched.
+
+        With :attr:`parallel` (a data-parallel step) ``x`` and ``y`` are this process's part of the global batch:
+        the processes tell each other their parts' sizes (:meth:`sim.distributed.Group.part_of`), every process
+        computes its part, and the raw updates (learned feedback included) and the loss of the result are the sums
+        over the processes: the step on the global batch. A failure on any process (a NaN/Inf, a singular layer,
+        any error) is raised on every process (:meth:`sim.distributed.Group.agree`). ``part`` without
+        :attr:`parallel`: compute only these rows of a batch, drawing its noise as the whole batch would (what
+        each process of a data-parallel step does; the parts' updates sum to the batch's)."""
+        if self.parallel is None:
+            return self._local(x, y, part)
+        part = self.parallel.part_of(x.shape[0], f"step {self.step_count}")
+        with self.parallel.agree(f"computing step {self.step_count}"):
+            result = self._local(x, y, part)
+        result = self.parallel.reduce_step(self.net, result)
+        if self.check_numerics:
+            self._check_sums(result)
+        return result
+
+    def _check_sums(self, result: StepResult) -> None:
+        """Stop where the single-process step stops when only the sum over the processes is non-finite (the
+        parts' float sums are finite, the batch's overflows): the loss first, then each layer's updates, as the
+        phases check them. The same sums, so the same error, on every process. One host sync; the tensors one by
+        one only when something is off."""
+        net, step = self.net, self.step_count
+        named = [(layer, f"{k} update", v) for layer, upd in zip(net.layers, result.updates) for k, v in upd.items()]
+        named += [(layer, f"feedback {k} update", v) for layer, fb in zip(net.layers, result.feedback_updates)
+                  for k, v in fb.items()]
+        if bool(torch.isfinite(torch.stack([result.loss.double(), *(v.double().sum() for _, _, v in named)])).all()):
+            return
+        if not bool(torch.isfinite(result.loss)):
+            raise _loss_error(net, step)
+        for layer, quantity, v in named:
+            layer.check_finite(v, quantity, step)
+
+    def _local(self, x: Tensor, y: Tensor, part: BatchPart | None) -> StepResult:
         if self.numerics != "step":
-            return self._compute(x, y, self.numerics == "tensor")
+            return self._compute(x, y, self.numerics == "tensor", part)
         state = self.generator.get_state()
         flags: list[Tensor] = []
-        result = self._compute(x, y, flags)
+        result = self._compute(x, y, flags, part)
         if bool(torch.stack(flags).any()):  # the step's one host-device sync
             # Something is non-finite (or a layer looks singular): repeat the step, same noise, checking each tensor
             # as it is made, which stops at the first culprit with its name (or, after a false alarm from a finite
             # overflow of a checksum, returns the same result).
             self.generator.set_state(state)
-            result = self._compute(x, y, True)
+            result = self._compute(x, y, True, part)
         return result
 
-    def _compute(self, x: Tensor, y: Tensor, check: Check) -> StepResult:
+    def _compute(self, x: Tensor, y: Tensor, check: Check, part: BatchPart | None = None) -> StepResult:
         x, y = self._check_batch(x, y, check)
-        fp = forward_phase(self.net, x, self.draw_activity_noise(x), self.narrow)
+        fp = forward_phase(self.net, x, self.draw_activity_noise(x, part), self.narrow)
         # check also reaches GP's factorisation: its conditioning check is synchronous (True), collected with the
         # step's flags (list) or skipped (False)
         messages, loss = message_phase(self.net, fp, y, self.message_std, self.generator, check, self.step_count,
-                                       self.options)
+                                       self.options, part)
         updates = plasticity_phase(self.net, fp, messages, check, self.step_count)
-        feedback = feedback_phase(self.net, fp, messages, updates, check, self.step_count)
+        feedback = feedback_phase(self.net, fp, messages, updates, check, self.step_count, part)
         logits = self.net.layers[-1].read(fp.outputs[-1])
         return StepResult(loss=loss, logits=logits, forward=fp, messages=messages, updates=updates,
-                          feedback_updates=feedback)
+                          feedback_updates=feedback, part=part)
 
     @torch.no_grad()
     def apply(self, result: StepResult) -> None:

@@ -10,8 +10,12 @@ run with the same ``train.step`` section takes. The values are archived with the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sim.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 #: the numerics-check modes (``True`` is accepted for 'tensor', ``False`` for 'off')
 NUMERICS_CHECKS = ("tensor", "step", "off")
@@ -67,3 +71,41 @@ class StepOptions:
 
 #: the defaults: what a step computes when no options are given
 DEFAULT_STEP = StepOptions()
+
+
+@dataclass(frozen=True)
+class BatchPart:
+    """This process's rows ``start:stop`` of a global batch of ``total`` samples: what a process of a data-parallel
+    run (:mod:`sim.distributed`) computes the local phases of a step on, ``torch.tensor_split``'s part of the batch.
+
+    Not an option of the step (the step is the same; only who computes which rows differs) and not part of the
+    config: a run resumed with another number of processes is the same run. Passed next to the batch, to the
+    scheduler's draws and to the rules that draw random numbers per sample (:meth:`randn`)."""
+
+    start: int
+    """First row of the part in the global batch."""
+    stop: int
+    """One past its last row."""
+    total: int
+    """Samples in the global batch (``B``; the last batch of an epoch may be shorter than ``train.batch_size``)."""
+
+    def randn(self, shape: tuple[int, ...], *, generator: torch.Generator, dtype: torch.dtype,
+              device: torch.device) -> torch.Tensor:
+        """Rows ``start:stop`` of ``torch.randn((total, *shape[1:]))`` drawn from ``generator``: the draw is made for
+        the whole batch, so every process draws what the single-process step draws, gets its own rows of it, and
+        leaves ``generator`` in the single-process step's state."""
+        import torch
+
+        full = torch.randn((self.total, *shape[1:]), generator=generator, dtype=dtype, device=device)
+        return full[self.start:self.stop]
+
+
+def randn(shape: tuple[int, ...], *, generator: torch.Generator, dtype: torch.dtype, device: torch.device,
+          part: BatchPart | None = None) -> torch.Tensor:
+    """Standard normal numbers of a per-sample ``shape`` ``[B, ...]``: ``torch.randn`` for a whole batch, or with
+    ``part`` the part's rows of the whole batch's draw (:meth:`BatchPart.randn`)."""
+    if part is None:
+        import torch
+
+        return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    return part.randn(shape, generator=generator, dtype=dtype, device=device)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -47,6 +48,10 @@ from sim.errors import ConfigError
 
 RUN = "results/{study}/{experiment}/rule~{rule}/seed~{seed}"
 RUN_LOGS = "logs/{study}/{experiment}/rule~{rule}/seed~{seed}"
+#: the ``{experiment}`` wildcard: an experiment's name, then its sweep point's ``key~value`` folders
+EXPERIMENT_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+SWEEP_FOLDERS = r"(/[A-Za-z0-9_.-]+~[A-Za-z0-9._+-]+)*"
+EXPERIMENT = EXPERIMENT_NAME + SWEEP_FOLDERS
 
 #: the figures every study has, and the sweep figures with the sweep parameters each needs (``split``: rule mixing)
 FIGURES: tuple[str, ...] = ("angle_layers", "angle_steps", "accuracy")
@@ -65,6 +70,8 @@ class Run:
     seed: int
     config: dict
     """The resolved run config (a plain dict, as a run config file holds it)."""
+    gpus: int = 1
+    """GPUs the run trains on, one process each (the experiment's ``gpus``; 1 with ``device: cpu``)."""
 
     @property
     def folder(self) -> str:
@@ -255,6 +262,57 @@ def _sweep_path(exp: dict, param: str, label: str, where: str) -> str:
     return path
 
 
+# ----- several GPUs per run -----------------------------------------------------------------------------------------
+def experiment_gpus(exp: dict, where: str, device: str, note: Callable[[str], None]) -> int:
+    """The processes (GPUs) each run of an experiment trains on: its ``gpus`` on ``device`` cuda or auto; 1 on the
+    CPU, with a note (a data-parallel run on CPU processes gains nothing over one process with their threads)."""
+    gpus = exp.get("gpus", 1)
+    if gpus > 1 and device == "cpu":
+        note(f"note: {where}.gpus: {gpus} applies with device cuda or auto; with device cpu its runs train in one "
+             "process")
+        return 1
+    return gpus
+
+
+def check_gpus(doc: dict, gpus: int, where: str) -> None:
+    """Refuse more GPUs than samples per batch (each process needs its part of every batch): said now, not when
+    the job starts on the cluster."""
+    if gpus == 1:
+        return
+    batch = (doc.get("train") or {}).get("batch_size",
+                                         load_schema()["properties"]["train"]["properties"]["batch_size"]["default"])
+    if isinstance(batch, int) and batch < gpus:
+        raise ConfigError.at(f"{where}.gpus", f"{gpus} GPUs for batches of {batch} samples (train.batch_size): each "
+                                              "GPU's process needs a part of every batch; give at most "
+                                              f"{batch} GPUs or a larger batch")
+
+
+def several_gpus(runs: Iterable[Run]) -> list[str]:
+    """The names of the experiments whose runs train on several GPUs, each the job of the workflow's rule
+    ``run_parallel`` (the others': ``run``). The rules are told apart by the experiment's name, so one name must
+    ask for the same GPUs in every selected study."""
+    gpus: dict[str, tuple[int, str]] = {}
+    for run in runs:
+        name = run.experiment.split("/", 1)[0]
+        seen = gpus.setdefault(name, (run.gpus, run.study))
+        if (seen[0] > 1) != (run.gpus > 1):
+            raise ConfigError.at(f"studies.{run.study}.experiments.{name}.gpus",
+                                 f"{run.gpus}, but the experiment {name!r} of study {seen[1]!r} trains on {seen[0]} "
+                                 "GPU(s): the workflow tells one-GPU from several-GPU runs by the experiment's name, "
+                                 "so give experiments of one name the same gpus, or rename one")
+    return sorted(name for name, (n, _) in gpus.items() if n > 1)
+
+
+def experiment_pattern(names: Iterable[str], *, several: bool) -> str:
+    """The ``{experiment}`` wildcard's pattern of the rule ``run_parallel`` (``several``: the experiments ``names``,
+    any sweep point) or of ``run`` (every other experiment), so that exactly one rule makes each store."""
+    names = sorted(names)
+    if not names:
+        return EXPERIMENT if not several else r"(?!)"  # no several-GPU runs: run_parallel matches nothing
+    alternatives = "(?:" + "|".join(re.escape(n) for n in names) + ")"
+    return alternatives + SWEEP_FOLDERS if several else f"(?!{alternatives}(?:/|$)){EXPERIMENT}"
+
+
 # ----- the entry point ----------------------------------------------------------------------------------------------
 def expand_study(config: dict, study: str, repo: Path, *, validate: bool = True,
                  note: Callable[[str], None] | None = None) -> list[Run]:
@@ -271,6 +329,7 @@ def expand_study(config: dict, study: str, repo: Path, *, validate: bool = True,
             continue
         mix = exp.get("mix")
         _check_rule_names(exp, where)
+        gpus = experiment_gpus(exp, where, config.get("device", "cpu"), note)
         labels = [f"{mix['below']}+{mix['above']}"] if mix else experiment_rules(exp, where)
         check_set_by_rule(exp.get("set_by_rule") or {}, where, labels)
         for folders, values in sweep_points(exp):
@@ -295,7 +354,8 @@ def expand_study(config: dict, study: str, repo: Path, *, validate: bool = True,
                     if validate:
                         point = f" at sweep point {'/'.join(folders)}" if folders else ""
                         check_schema(run_doc, f"{where}{point} (rule {label}, seed {seed})")
-                    runs.append(Run(study, experiment, label, seed, run_doc))
+                    check_gpus(run_doc, gpus, where)
+                    runs.append(Run(study, experiment, label, seed, run_doc, gpus))
     if not runs:
         raise ConfigError.at(f"studies.{study}", "has no runs left (see the notes above)")
     return runs

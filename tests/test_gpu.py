@@ -192,7 +192,7 @@ def test_lease_command_runs_a_child_on_the_leased_gpu(pool_env, monkeypatch, cap
     monkeypatch.setenv(gpu.POOL_ENV, "9")
     monkeypatch.setenv(gpu.LOCK_DIR_ENV, pool_env[gpu.LOCK_DIR_ENV])
     child = "import os; print('child', os.environ['CUDA_VISIBLE_DEVICES'], os.environ['GAITSIM_DEVICE'])"
-    args = argparse.Namespace(timeout=0.0, require_gpu=False, fallback_cpu=False, status=False,
+    args = argparse.Namespace(timeout=0.0, require_gpu=False, fallback_cpu=False, status=False, gpus=1,
                               cmd=["--", sys.executable, "-c", child])
     assert lease_cmd.main(args) == 0
     assert "child 9 cuda:0" in capfd.readouterr().out

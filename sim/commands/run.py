@@ -54,7 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", metavar="DEVICE",
                    help=f"cpu, cuda or cuda:N; default: ${DEVICE_ENV} if set (`python -m sim lease` sets it to the "
                    "leased GPU), else the config's train.device")
-    p.add_argument("--log", metavar="FILE", help="log file (default: STORE.log beside the store)")
+    # --log-file: the spelling torchrun passes on (its own parser takes a bare --log for one of its --log-* options)
+    p.add_argument("--log", "--log-file", metavar="FILE", dest="log",
+                   help="log file (default: STORE.log beside the store); under torchrun write --log-file")
     p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines on stderr (the log file "
                    "still gets everything)")
 
@@ -120,8 +122,15 @@ def main(args: argparse.Namespace) -> int:
         with stop_on_signals():
             return _main(args)
     except Stopped as exc:
+        from sim.distributed import launch_or_single
+
+        launch = launch_or_single()
+        if launch.rank != 0:  # a data-parallel run: the launcher stopped every process, and rank 0 says so
+            return 128 + exc.signum
         again = shlex.join(["python", "-m", "sim", "run", args.config, "--out", args.out, "--resume",
                             *(["--publish"] if args.publish else []), *(["--log", args.log] if args.log else [])])
+        if launch.world > 1:
+            again = f"the same {launch.launcher} command with --resume (with any number of processes), e.g. {again}"
         print(f"error: the run was stopped by {exc.signame} (terminated or pre-empted); everything up to its last "
               f"checkpoint is kept in {args.out}. Continue it with: {again}", file=sys.stderr)
         return 128 + exc.signum
@@ -129,20 +138,24 @@ def main(args: argparse.Namespace) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     from sim.config import load_config
+    from sim.distributed import launch_or_single, same_on_every_process
     from sim.errors import ConfigError
     from sim.run import run
 
-    cfg = load_config(args.config, overrides=args.overrides)
-    device = args.device
-    if device is None and os.environ.get(DEVICE_ENV):
-        device = os.environ[DEVICE_ENV]
-        try:
-            cfg = cfg.with_device(device)
-        except ConfigError as exc:
-            raise ConfigError(f"{DEVICE_ENV}={device!r} is not a device this run can use ({exc}); unset it or pass "
-                              "--device") from None
+    with same_on_every_process():  # every process of a data-parallel launch reads the same: rank 0 reports it
+        cfg = load_config(args.config, overrides=args.overrides)
+        device = args.device
+        if device is None and os.environ.get(DEVICE_ENV):
+            device = os.environ[DEVICE_ENV]
+            try:
+                cfg = cfg.with_device(device)
+            except ConfigError as exc:
+                raise ConfigError(f"{DEVICE_ENV}={device!r} is not a device this run can use ({exc}); unset it or "
+                                  "pass --device") from None
     out = run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, device=device, progress=not args.quiet,
               log_file=args.log, publish=args.publish, on_diverge=args.on_diverge,
               allow_change=tuple(k.strip() for a in args.allow_change for k in a.split(",") if k.strip()))
-    print(out)
+    if launch_or_single().rank == 0:  # one line for the whole run, also from a data-parallel one
+        print(out)
     return 0
+

@@ -7,9 +7,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sim.config.sections import RunConfig
 from sim.network import Network
 from sim.schedule import Scheduler
+
+if TYPE_CHECKING:
+    from sim.distributed import Group
 
 
 def build_network(cfg: RunConfig) -> Network:
@@ -17,7 +22,8 @@ def build_network(cfg: RunConfig) -> Network:
     return Network(cfg.network_config())
 
 
-def build_scheduler(cfg: RunConfig, net: Network) -> Scheduler:
+def build_scheduler(cfg: RunConfig, net: Network, parallel: Group | None = None) -> Scheduler:
     """The run's :class:`Scheduler`: one Adam group per layer with its rule's settings, the noise floors, the
-    noise generator seeded from ``train.seed``, and the step options ``train.step``."""
-    return Scheduler(net, noise=cfg.noise, seed=cfg.train.seed, options=cfg.train.step)
+    noise generator seeded from ``train.seed``, and the step options ``train.step``; ``parallel``: the processes of
+    a data-parallel run (:mod:`sim.distributed`), whose parts of each batch a step sums."""
+    return Scheduler(net, noise=cfg.noise, seed=cfg.train.seed, options=cfg.train.step, parallel=parallel)

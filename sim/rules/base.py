@@ -49,7 +49,7 @@ from sim.rules.registry import (
     load_class,
     specs,
 )
-from sim.step_options import DEFAULT_STEP, StepOptions
+from sim.step_options import DEFAULT_STEP, BatchPart, StepOptions
 
 __all__ = ["ARITHMETICS", "INVERSE_METHODS", "RULES", "STATE_METRICS", "Rule", "RuleSettings", "get_rule", "register"]
 
@@ -107,10 +107,21 @@ class Rule(nn.Module):
 
     # ----- learned state ------------------------------------------------------------------------------------------
     def feedback_plasticity(self, layer: Layer, a_in: Tensor, a: Tensor, msg: Message,
-                            update: dict[str, Tensor]) -> dict[str, Tensor]:
+                            update: dict[str, Tensor], *, part: BatchPart | None = None) -> dict[str, Tensor]:
         """Raw updates of the rule's own parameters, by parameter name (``named_parameters``), from the layer's input,
-        output, received message and its raw ``update``: local quantities only. Rules without learned state: ``{}``."""
+        output, received message and its raw ``update``: local quantities only. Rules without learned state: ``{}``.
+
+        Like the layer's update, they are sums over the batch's samples, so a data-parallel step sums them over the
+        processes. ``part`` (given only in a data-parallel step): ``a_in`` and ``a`` are these rows of the global
+        batch; a rule that draws random numbers per sample draws them for the whole batch and keeps these rows
+        (:meth:`~sim.step_options.BatchPart.randn`), so its updates are the single-process step's."""
         return {}
+
+    def batch_sums(self) -> list[Tensor]:
+        """Tensors the computed (not yet applied) step left in the rule that are sums over the batch's samples, e.g.
+        a learned inverse's share of its reconstruction loss: a data-parallel step sums them over the processes, in
+        place, as it sums the updates. Default: none."""
+        return []
 
     def feedback_lr(self) -> float:
         """Learning rate of the Adam group of the rule's own parameters: the rule's ``lr`` unless the rule reads a

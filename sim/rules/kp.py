@@ -24,7 +24,7 @@ from sim.layers.base import Layer
 from sim.linalg import Check, orthogonal
 from sim.message import Message
 from sim.rules.base import Rule, RuleSettings, register
-from sim.step_options import DEFAULT_STEP, StepOptions
+from sim.step_options import DEFAULT_STEP, BatchPart, StepOptions
 
 
 @register
@@ -41,8 +41,9 @@ class KolenPollack(Rule):
         return Message.from_error(layer.feedback(delta, self.feedback_weight.detach()))
 
     def feedback_plasticity(self, layer: Layer, a_in: Tensor, a: Tensor, msg: Message,
-                            update: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``dB = dW``: the layer's own raw weight update (a fresh tensor, so the two grads never alias)."""
+                            update: dict[str, Tensor], *, part: BatchPart | None = None) -> dict[str, Tensor]:
+        """``dB = dW``: the layer's own raw weight update (a fresh tensor, so the two grads never alias); it draws
+        nothing, so ``part`` changes nothing."""
         return {"feedback_weight": update["weight"].clone()}
 
     def state_metrics(self, layer: Layer) -> dict[str, float]:

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from sim.layers.base import Layer
 from sim.linalg import orthogonal
 from sim.rules.base import Rule, RuleSettings
+from sim.step_options import BatchPart, randn
 
 
 class LearnedInverse(Rule):
@@ -84,15 +85,20 @@ class LearnedInverse(Rule):
         return self.invert_difference(layer, layer.activation.inverse_difference(a, d))
 
     # ----- the reconstruction loss --------------------------------------------------------------------------------
-    def noise(self, a_in: Tensor) -> Tensor:
-        """This step's input noise ``xi`` ``[B, *in_shape]``: a pure function of ``(seed, draws)``."""
+    def noise(self, a_in: Tensor, part: BatchPart | None = None) -> Tensor:
+        """This step's input noise ``xi`` ``[B, *in_shape]``: a pure function of ``(seed, draws)``; with ``part``
+        (a data-parallel step) the part's rows of the global batch's noise."""
         gen = torch.Generator(device=a_in.device).manual_seed(int(self.seed) + int(self.draws))
-        return torch.randn(a_in.shape, generator=gen, dtype=a_in.dtype, device=a_in.device) \
+        return randn(a_in.shape, generator=gen, dtype=a_in.dtype, device=a_in.device, part=part) \
             * self.settings.reconstruction_std
 
-    def reconstruction_gradients(self, layer: Layer, a_in: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """``(loss, grads)``: the mean of ``R^2`` (a 0-dim tensor) and the gradient of ``sum R^2`` by parameter name."""
-        xi = self.noise(a_in)
+    def reconstruction_gradients(self, layer: Layer, a_in: Tensor, part: BatchPart | None = None
+                                 ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(loss, grads)``: the mean of ``R^2`` (a 0-dim tensor) and the gradient of ``sum R^2`` by parameter name.
+
+        With ``part`` (``a_in`` holds these rows of a global batch), ``loss`` is this part's share of the global
+        batch's mean, ``sum R^2 / (total x units)``, so the shares summed over the processes are the mean."""
+        xi = self.noise(a_in, part)
         act = layer.activation
         with torch.no_grad():
             h, h_noisy = layer(a_in), layer(a_in + xi)
@@ -108,15 +114,21 @@ class LearnedInverse(Rule):
             loss = residual.pow(2).sum()
             grad_q, grad_c = torch.autograd.grad(loss, (q, c), allow_unused=True)
         grad_c = torch.zeros_like(self.inverse_bias) if grad_c is None else grad_c
-        return residual.detach().pow(2).mean(), {"inverse_weight": grad_q, "inverse_bias": grad_c}
+        squares = residual.detach().pow(2)
+        share = squares.mean() if part is None else squares.sum() / (part.total * math.prod(squares.shape[1:]))
+        return share, {"inverse_weight": grad_q, "inverse_bias": grad_c}
 
-    def feedback_plasticity(self, layer: Layer, a_in: Tensor, a: Tensor, msg, update: dict[str, Tensor]
-                            ) -> dict[str, Tensor]:
+    def feedback_plasticity(self, layer: Layer, a_in: Tensor, a: Tensor, msg, update: dict[str, Tensor], *,
+                            part: BatchPart | None = None) -> dict[str, Tensor]:
         """The reconstruction loss's gradient ``{'inverse_weight', 'inverse_bias'}`` (zero for ``c`` under ``drl``,
         where it drops out); its loss is recorded for :meth:`state_metrics` when the step is applied."""
-        loss, grads = self.reconstruction_gradients(layer, a_in)
+        loss, grads = self.reconstruction_gradients(layer, a_in, part)
         self._pending_loss = loss  # recorded only if this step is applied (after_step): a compute-only call (an
         return grads               # angle measurement, a probe) leaves the recorded state untouched
+
+    def batch_sums(self) -> list[Tensor]:
+        """The pending reconstruction loss: in a data-parallel step each process's share of the global mean."""
+        return [] if self._pending_loss is None else [self._pending_loss]
 
     @torch.no_grad()
     def after_step(self, layer: Layer) -> None:

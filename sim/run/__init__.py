@@ -18,6 +18,11 @@ One module per concern:
 One writer per store: a run holds an exclusive OS lock on its store (:mod:`sim.run.lock`) from before it looks at
 the output path until it returns, after publishing; a second writer is refused at once, naming the holder.
 
+Data-parallel runs (``torchrun --nproc-per-node N -m sim run ...``, or ``srun``; :mod:`sim.distributed`): every
+process calls :func:`run`; rank 0 alone takes the lock, plans, writes the store, the checkpoints and the log, and
+tells the others what it decided; every step where one process could fail alone is agreed on, so a failure anywhere
+stops every process with one error, which rank 0 prints.
+
 Failure modes (docs/reliability.md): anything a config can get wrong is refused before the network or data are
 touched (ConfigError); a NaN/Inf (or a singular GP layer) stops the run after the archive prefix and a checkpoint of
 the last good state are written, naming step, layer and quantity, or, with ``train.on_nonfinite: retry``, goes back
@@ -30,13 +35,15 @@ after a kill at any moment ends with the archive an uninterrupted run writes.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
+from sim import distributed
 from sim.config import RunConfig, load_config
 from sim.errors import ConfigError, NonFiniteError, SingularLayerError
 from sim.run import lock, loop, store
-from sim.run.log import default_log_path, log, logging_to
+from sim.run.log import default_log_path, log, logging_to, silenced
 
 __all__ = ["ON_DIVERGE", "default_log_path", "run"]
 
@@ -69,7 +76,25 @@ def run(cfg: RunConfig | dict | str | Path, out: str | Path, *, resume: bool = F
             :data:`sim.run.store.CHANGEABLE`, e.g. ``settings.gp.lr`` to continue a diverged run with a lower
             learning rate); each change is logged and recorded in the store's attribute ``changes`` (JSON: step,
             key, old, new), and the store's ``config`` becomes the new one.
+
+    Under a data-parallel launcher (torchrun, srun; :func:`sim.distributed.join`) every process calls this with
+    the same arguments and returns ``out`` together; rank 0 alone writes (and prints, with ``progress``).
     """
+    with distributed.same_on_every_process():  # errors in the arguments: rank 0 alone reports them
+        cfg, out = _checked(cfg, out, resume=resume, overwrite=overwrite, device=device, on_diverge=on_diverge,
+                            allow_change=tuple(allow_change))
+    with distributed.join(cfg.train.device) as par, contextlib.ExitStack() as held:
+        with par.agree("locking the run store"):
+            if par.writes:  # one writer per store, for the run's whole life (publishing included)
+                held.enter_context(lock.hold(out))
+        return _run_locked(cfg, out, resume=resume, overwrite=overwrite, progress=progress and par.writes,
+                           log_file=log_file, publish=publish, on_diverge=on_diverge,
+                           allow_change=tuple(allow_change), par=par)
+
+
+def _checked(cfg: RunConfig | dict | str | Path, out: str | Path, *, resume: bool, overwrite: bool,
+             device: str | None, on_diverge: str, allow_change: tuple[str, ...]) -> tuple[RunConfig, Path]:
+    """The resolved config and output path, every argument checked before anything is built or written."""
     if not isinstance(cfg, RunConfig):
         cfg = load_config(cfg)
     if device is not None:
@@ -83,31 +108,33 @@ def run(cfg: RunConfig | dict | str | Path, out: str | Path, *, resume: bool = F
     if on_diverge not in ON_DIVERGE:
         raise ConfigError(f"on_diverge must be one of {', '.join(ON_DIVERGE)}, got {on_diverge!r}")
     cfg.data.spec()  # e.g. data.path still null: refuse before anything is built
-    out = store.output_path(out)
-    with lock.hold(out):  # one writer per store, for the run's whole life (publishing included)
-        return _run_locked(cfg, out, resume=resume, overwrite=overwrite, progress=progress, log_file=log_file,
-                           publish=publish, on_diverge=on_diverge, allow_change=allow_change)
+    return cfg, store.output_path(out)
 
 
 def _run_locked(cfg: RunConfig, out: Path, *, resume: bool, overwrite: bool, progress: bool,
                 log_file: str | Path | None, publish: bool, on_diverge: str,
-                allow_change: tuple[str, ...]) -> Path:
-    plan = store.plan(cfg, out, resume=resume, overwrite=overwrite, publish=publish, allow=allow_change)
+                allow_change: tuple[str, ...], par: distributed.Group = distributed.SINGLE) -> Path:
+    with par.agree("looking at the run store"):
+        plan = (store.plan(cfg, out, resume=resume, overwrite=overwrite, publish=publish, allow=allow_change)
+                if par.writes else None)
+    plan = store.Plan.from_dict(par.share(plan and plan.to_dict(), "sharing what to do with the store"))
     if plan.done and plan.path == out:
         if progress:
             what = "published as a diverged run" if plan.diverged else "complete"
             print(f"{out} is already {what}; nothing to do", file=sys.stderr)
         return out
-    with logging_to(Path(log_file) if log_file else default_log_path(out), append=plan.append_log,
-                    to_stderr=progress):
+    logging = (logging_to(Path(log_file) if log_file else default_log_path(out), append=plan.append_log,
+                          to_stderr=progress) if par.writes else silenced())
+    with logging:
         if not plan.done:
             try:
                 loop.train(cfg, plan.path, progress=progress, resume=plan.continuing,
-                           keep_diverged=on_diverge == "keep", allow_change=allow_change)
+                           keep_diverged=on_diverge == "keep", allow_change=allow_change, par=par)
             except (NonFiniteError, SingularLayerError) as exc:
                 if on_diverge != "keep":
                     raise
                 log.warning(f"kept as a diverged run (on_diverge: keep): {exc}")
-        if publish:
-            store.publish(plan.path, out)
+        with par.agree("publishing the run store"):
+            if publish and par.writes:
+                store.publish(plan.path, out)
     return out

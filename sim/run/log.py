@@ -98,3 +98,19 @@ def logging_to(path: Path, *, append: bool, to_stderr: bool) -> Iterator[None]:
             # could not be written is said once, never as a traceback
             print(f"warning: cannot write the log file {path}: {handler.failure.strerror or handler.failure}; the "
                   "log is incomplete", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def silenced() -> Iterator[None]:
+    """The ``sim.run`` logger of a data-parallel run's processes other than rank 0, for the duration of the block:
+    nothing goes anywhere (rank 0 logs the run), not even the warnings Python would print to stderr for a logger
+    without handlers."""
+    handler = logging.NullHandler()
+    before = log.propagate
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.propagate = before

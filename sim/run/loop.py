@@ -8,6 +8,11 @@ epoch: accuracy and loss on the whole test split and on the train split (or its 
 ``train.eval_train_subset``; :func:`sim.run.data.evaluation_batches`), the square layers' orthogonality errors, the
 probe batch at the chosen epochs, one archive commit, and a checkpoint every ``record.checkpoint_every`` epochs and
 after the last. Each split is read through one persistent loader for the whole run (:mod:`sim.run.data`).
+
+In a data-parallel run (``par``, :mod:`sim.distributed`) every process runs this loop on its part of each batch
+(``shard``); the scheduler sums the step over the processes; the evaluation is sharded and summed; rank 0 alone
+records and writes. Each stretch where one process could fail alone is a section of ``par.agree``, so all stop
+together; with one process these are no-ops.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sim import checkpoint as ckpt_io
-from sim import faults, memory, metrics
+from sim import distributed, faults, memory, metrics
 from sim.archive import ArchiveError, RunArchive
 from sim.config import RunConfig, build_network, build_scheduler
 from sim.correspondence import compare
@@ -50,54 +55,70 @@ class RunState:
     first_loss: float = math.nan
     """The training loss after the first epoch this process trained (the reference of :func:`warn_exploding`)."""
     loss_warned: bool = False
+    par: distributed.Group = distributed.SINGLE
+    """The processes of a data-parallel run (one: an ordinary run)."""
 
 
 def train(cfg: RunConfig, out: Path, *, progress: bool, resume: bool, keep_diverged: bool = False,
-          allow_change: tuple[str, ...] = ()) -> Path:
+          allow_change: tuple[str, ...] = (), par: distributed.Group = distributed.SINGLE) -> Path:
     """Train ``cfg`` into the store ``out``: with ``resume`` from its newest usable checkpoint
     (:func:`recovery.resume_point`, checked against the network and scheduler built here), else (or when it has no
     checkpoint) from the start, a new store replacing what is at ``out``; returns ``out``. ``keep_diverged``: see
-    :func:`recovery.stop`; ``allow_change``: config keys that may differ from the checkpoint's (``--allow-change``)."""
-    # Everything that can be refused is refused before the store is touched.
-    net = build_network(cfg)
-    sched = build_scheduler(cfg, net)
-    data = load_data(cfg, net)
-    memory.check_batch_fits(cfg)  # CUDA: a batch that does not fit is refused with the largest that does
+    :func:`recovery.stop`; ``allow_change``: config keys that may differ from the checkpoint's (``--allow-change``);
+    ``par``: the processes of a data-parallel run (rank 0 reads and writes the store, the others get its checkpoint).
+    """
+    # Everything that can be refused is refused before the store is touched, by every process.
+    with par.agree("building the network and loading the data"):
+        net = build_network(cfg)
+        sched = build_scheduler(cfg, net, par)
+        data = load_data(cfg, net, shard=par.shard)
+        par.check_batches(len(data.train), cfg.train.batch_size, cfg.train.drop_last,
+                          {"train": len(data.eval_train), "test": len(data.test)}, cfg.train.eval_batch_size)
+        # CUDA: a per-process batch that does not fit is refused with the largest that does
+        memory.check_batch_fits(cfg, batch=-(-cfg.train.batch_size // par.world))
     n = data.steps_per_epoch
     checkpoint: ckpt_io.Checkpoint | None = None
     archive: RunArchive | None = None
-    if resume:
-        checkpoint, archive = recovery.resume_point(cfg, out, net, sched, steps_per_epoch=n,
+    with par.agree("finding the checkpoint to resume from"):
+        if resume and par.writes:
+            checkpoint, archive = recovery.resume_point(cfg, out, net, sched, steps_per_epoch=n,
                                                         allow=allow_change)
+    checkpoint = par.share_checkpoint(checkpoint)  # rank 0's (None: start over), on every process
+    where = f"{net.device}" + (f" x {par.world} processes" if par.world > 1 else "")
     if checkpoint is None:
-        archive = store.create(out, cfg, net, steps_per_epoch=n, resume=resume,
-                               probe_labels=None if data.probe is None else data.probe[1].cpu().numpy(),
-                               attrs={"train_eval_samples": len(data.eval_train)})
-        run = RunState(cfg, out, net, sched, data, Recorder(archive, net, data.probe, n, cfg.train.step.checks))
-        log.info(f"run {cfg.name!r}: {cfg.train.epochs} epochs of {n} steps, rules {','.join(net.rule_names)}, "
-                 f"{cfg.train.dtype} on {net.device}, seed {cfg.train.seed} -> {out}")
-        if 0 in cfg.record.probe_epochs:
-            run.rec.probe(0, sched.step_count)
-            run.rec.commit()
-        if cfg.train.on_nonfinite == "retry":
-            recovery.save_checkpoint(run, 0, 0, "start")  # somewhere to go back to from a failure in epoch 1
+        with par.agree("creating the run store"):
+            if par.writes:
+                archive = store.create(out, cfg, net, steps_per_epoch=n, resume=resume, world_size=par.world,
+                                       probe_labels=None if data.probe is None else data.probe[1].cpu().numpy(),
+                                       attrs={"train_eval_samples": len(data.eval_train)})
+            run = RunState(cfg, out, net, sched, data, Recorder(archive, net, data.probe, n, cfg.train.step.checks),
+                           par=par)
+            log.info(f"run {cfg.name!r}: {cfg.train.epochs} epochs of {n} steps, rules {','.join(net.rule_names)}, "
+                     f"{cfg.train.dtype} on {where}, seed {cfg.train.seed} -> {out}")
+            if 0 in cfg.record.probe_epochs:
+                run.rec.probe(0, sched.step_count)
+                run.rec.commit()
+            if cfg.train.on_nonfinite == "retry":
+                recovery.save_checkpoint(run, 0, 0, "start")  # somewhere to go back to from a failure in epoch 1
         epochs_done, batches_done = 0, 0
     else:
-        if archive.layers != net.names:
-            raise ArchiveError(f"{out} holds layers {archive.layers}, the network has {net.names}")
-        run = RunState(cfg, out, net, sched, data, Recorder(archive, net, data.probe, n, cfg.train.step.checks))
-        try:
-            recovery.restore(run, checkpoint)
-        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:  # a misfit fit_problem missed
-            raise ArchiveError(f"checkpoint {checkpoint.path} cannot be loaded into this run ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else ''}); start the run over with "
-                               "--overwrite") from exc
-        # gaitsim status: who writes now; --allow-change: what changed
-        run.rec.commit(device=str(net.device), **provenance.writer_attrs(),
-                       **recovery.record_changes(run, checkpoint))
+        with par.agree("resuming from the checkpoint"):
+            if archive is not None and archive.layers != net.names:
+                raise ArchiveError(f"{out} holds layers {archive.layers}, the network has {net.names}")
+            run = RunState(cfg, out, net, sched, data, Recorder(archive, net, data.probe, n, cfg.train.step.checks),
+                           par=par)
+            try:
+                recovery.restore(run, checkpoint)
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:  # a misfit fit_problem missed
+                raise ArchiveError(f"checkpoint {checkpoint.path} cannot be loaded into this run "
+                                   f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); start "
+                                   "the run over with --overwrite") from exc
+            # gaitsim status: who writes now, on how many processes; --allow-change: what changed
+            run.rec.commit(device=str(net.device), world_size=par.world, **provenance.writer_attrs(),
+                           **recovery.record_changes(run, checkpoint))
         epochs_done, batches_done = checkpoint.epochs_done, checkpoint.batches_done
         log.info(f"resuming {out} at step {checkpoint.step} (epoch {epochs_done + 1}, batch {batches_done}) on "
-                 f"{net.device}")
+                 f"{where}")
 
     bar = None
     if progress:
@@ -121,7 +142,8 @@ def train(cfg: RunConfig, out: Path, *, progress: bool, resume: bool, keep_diver
     finally:
         if bar is not None:
             bar.close()
-    run.rec.commit(complete=True, end_time=provenance.now())
+    with par.agree("completing the run store"):
+        run.rec.commit(complete=True, end_time=provenance.now())
     log.info(f"done: {out} is complete")
     return out
 
@@ -131,11 +153,12 @@ def train_epoch(run: RunState, epoch: int, start: int, bar: tqdm | None) -> None
 
     Raises :class:`StepFailure` (nothing of this epoch written yet) when a step meets a NaN/Inf or a singular
     layer."""
-    cfg, net, sched, rec = run.cfg, run.net, run.sched, run.rec
+    cfg, net, sched, rec, par = run.cfg, run.net, run.sched, run.rec, run.par
     every = cfg.record.angle_every
     t0 = time.perf_counter()
     rec.start_epoch()
-    batches = run.data.loaders["train"].epoch(epoch, start)  # on the device, in the network's dtype
+    # on the device, in the network's dtype; this process's part of every batch
+    batches = par.each(run.data.loaders["train"].epoch(epoch, start), "reading a training batch")
     i = start
     last_postfix = 0.0
     x = None
@@ -150,9 +173,10 @@ def train_epoch(run: RunState, epoch: int, start: int, bar: tqdm | None) -> None
             if every and sched.step_count % every == 0:
                 corr = compare(sched, x, y)
                 sched.apply(corr.result)
-                rec.step(i, corr.result.loss, x.shape[0], corr.angle_deg)
+                rec.step(i, corr.result.loss, corr.result.batch_size, corr.angle_deg)
             else:
-                rec.step(i, sched.train_step(x, y).loss, x.shape[0])
+                result = sched.train_step(x, y)
+                rec.step(i, result.loss, result.batch_size)
             faults.hit("train.step")
             if bar is not None:
                 now = time.monotonic()
@@ -166,7 +190,7 @@ def train_epoch(run: RunState, epoch: int, start: int, bar: tqdm | None) -> None
         if before is not None:
             sched.generator.set_state(before)
         if isinstance(exc, NonFiniteError) and exc.quantity == "loss" and x is not None:
-            exc = recovery.traced(net, exc, x)
+            exc = recovery.traced(net, exc, x, par)
         raise StepFailure(exc, epoch, start, i) from exc
     end = run.data.steps_per_epoch
     if not cfg.train.step.checks:
@@ -179,16 +203,21 @@ def train_epoch(run: RunState, epoch: int, start: int, bar: tqdm | None) -> None
                 step=step, layer=net.names[-1], quantity="loss"), epoch, start, end, unchecked=True)
     rec.flush_steps(epoch, start, end, sched.step_count)
 
-    m_train = metrics.evaluate(net, evaluation_batches(run.data, "train", cfg.train.eval_batch_size))
-    m_test = metrics.evaluate(net, evaluation_batches(run.data, "test", cfg.train.eval_batch_size))
+    # sharded like the training batches, the counts summed over the processes (one process: the whole splits)
+    reduce = None if par.world == 1 else par.sum_
+    m_train, m_test = (metrics.evaluate(net, par.each(evaluation_batches(run.data, split, cfg.train.eval_batch_size,
+                                                                         shard=par.shard),
+                                                      "reading an evaluation batch"), reduce=reduce)
+                       for split in ("train", "test"))
     ortho = metrics.ortho_errors(net)
     state = metrics.state_metrics(net)
-    if epoch in cfg.record.probe_epochs:
-        rec.probe(epoch, sched.step_count)
-    wall = time.perf_counter() - t0
-    rec.epoch(epoch, m_train, m_test, ortho, wall, state)
-    rec.commit()
-    faults.hit("train.epoch")
+    with par.agree(f"recording epoch {epoch}"):
+        if epoch in cfg.record.probe_epochs:
+            rec.probe(epoch, sched.step_count)
+        wall = time.perf_counter() - t0
+        rec.epoch(epoch, m_train, m_test, ortho, wall, state)
+        rec.commit()
+        faults.hit("train.epoch")
     run.last_test_top1 = m_test.top1
     warn_exploding(run, epoch, m_train.loss)
     log.info(f"epoch {epoch}/{cfg.train.epochs}: train top1 {m_train.top1:.4f} loss {m_train.loss:.4f} | "
@@ -196,7 +225,8 @@ def train_epoch(run: RunState, epoch: int, start: int, bar: tqdm | None) -> None
              f"mean angle {rec.mean_angle(start, end):.2f} deg | {wall:.1f} s")
     every_ck = cfg.record.checkpoint_every
     if epoch == cfg.train.epochs or (every_ck and epoch % every_ck == 0):
-        recovery.save_checkpoint(run, epoch, 0, "final" if epoch == cfg.train.epochs else "scheduled")
+        with par.agree(f"checkpointing epoch {epoch}"):
+            recovery.save_checkpoint(run, epoch, 0, "final" if epoch == cfg.train.epochs else "scheduled")
     if bar is not None:
         bar.set_postfix(loss=f"{m_train.loss:.4f}", acc=f"{m_test.top1:.3f}", angle=f"{rec.last_angle:.2f}")
 

@@ -59,13 +59,15 @@ def writer_attrs() -> dict[str, object]:
     return {"writer_pid": os.getpid(), "writer_host": socket.gethostname()}
 
 
-def start_attrs(cfg: RunConfig, device: torch.device) -> dict[str, object]:
+def start_attrs(cfg: RunConfig, device: torch.device, world_size: int = 1) -> dict[str, object]:
     """The attributes of a new run store: config and its hash, versions, git commit, device, dtype, the writing
-    process, start time (end time empty until the run completes)."""
+    process, the number of processes training the run (``world_size``: 1, or a data-parallel run's; not part of the
+    config, so a run resumed with another number is the same run), start time (end time empty until the run
+    completes)."""
     config = cfg.to_json()
     return {
         "name": cfg.name, "config": config, "config_sha256": config_hash(config), "gaitsim_version": sim.__version__,
         "git_commit": git_commit(), "torch_version": torch.__version__, "numpy_version": np.__version__,
         "python_version": platform.python_version(), "device": str(device), "dtype": cfg.train.dtype,
-        **writer_attrs(), "start_time": now(), "end_time": "",
+        "world_size": world_size, **writer_attrs(), "start_time": now(), "end_time": "",
     }

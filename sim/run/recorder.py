@@ -23,14 +23,15 @@ class Recorder:
     """The per-epoch buffers of one run and the archive they go to.
 
     Args:
-        archive: the run's open store.
+        archive: the run's open store; None on the processes of a data-parallel run other than rank 0, which
+            record nothing (rank 0 writes): every method that writes returns at once.
         net: the network (device, dtype, depth; the probe runs through it).
         probe: the probe batch ``(x, y)`` or None.
         steps_per_epoch: the buffers' length.
         check_numerics: let the probe raise on a NaN/Inf (``train.step.check_numerics``).
     """
 
-    def __init__(self, archive: RunArchive, net: Network, probe: tuple[torch.Tensor, torch.Tensor] | None,
+    def __init__(self, archive: RunArchive | None, net: Network, probe: tuple[torch.Tensor, torch.Tensor] | None,
                  steps_per_epoch: int, check_numerics: bool) -> None:
         self.archive, self.net, self.probe_batch, self.check = archive, net, probe, check_numerics
         n, depth = steps_per_epoch, len(net.layers)
@@ -69,7 +70,7 @@ class Recorder:
 
     def flush_steps(self, epoch: int, start: int, end: int, step_count: int) -> None:
         """Append the steps of batches ``start .. end-1`` of ``epoch`` (the last one is step ``step_count - 1``)."""
-        if end <= start:
+        if end <= start or self.archive is None:
             return
         sums = self.losses[start:end].double().cpu().numpy()
         sizes = self.batch_sizes[start:end]
@@ -79,7 +80,7 @@ class Recorder:
     # ----- per epoch ----------------------------------------------------------------------------------------------
     def probe(self, epoch: int, step_count: int) -> None:
         """Append the probe batch's activities and targets after ``epoch`` (0: before training)."""
-        if self.probe_batch is None:
+        if self.probe_batch is None or self.archive is None:
             return
         acts, targets = metrics.probe(self.net, *self.probe_batch, step=step_count, check=self.check)
         self.archive.append_probe(epoch, step_count, [a.cpu().numpy() for a in acts],
@@ -88,6 +89,8 @@ class Recorder:
     def epoch(self, epoch: int, m_train: metrics.SplitMetrics, m_test: metrics.SplitMetrics, ortho: np.ndarray,
               wall_s: float, state: dict[str, np.ndarray] | None = None) -> None:
         """Append the epoch's metrics, orthogonality errors and the rules' learned-state metrics (``state``)."""
+        if self.archive is None:
+            return
         self.archive.append_epoch(epoch, {
             "train_top1": m_train.top1, "train_top5": m_train.top5, "test_top1": m_test.top1,
             "test_top5": m_test.top5, "train_loss": m_train.loss, "test_loss": m_test.loss, "epoch_wall_s": wall_s,
@@ -95,4 +98,6 @@ class Recorder:
 
     def commit(self, **attrs) -> None:
         """Make everything appended visible to readers, and set ``attrs``."""
+        if self.archive is None:
+            return
         self.archive.commit(**attrs)

@@ -19,6 +19,7 @@ import torch
 from sim import checkpoint as ckpt_io
 from sim.archive import ArchiveError, RunArchive
 from sim.config import RunConfig
+from sim.distributed import SINGLE, Group
 from sim.errors import GaitsimError, NonFiniteError, SingularLayerError
 from sim.network import Network
 from sim.run.log import log
@@ -59,9 +60,16 @@ def trace_nonfinite(net: Network, x: torch.Tensor) -> tuple[str, str] | None:
     return None
 
 
-def traced(net: Network, exc: NonFiniteError, x: torch.Tensor) -> NonFiniteError:
-    """A non-finite loss, with the layer and quantity where the non-finite values start (when they repeat)."""
+def traced(net: Network, exc: NonFiniteError, x: torch.Tensor, par: Group = SINGLE) -> NonFiniteError:
+    """A non-finite loss, with the layer and quantity where the non-finite values start (when they repeat). In a
+    data-parallel run (``par``; ``x`` this process's part of the batch) the processes agree on the first origin
+    any of them finds, the one the whole batch has."""
     origin = trace_nonfinite(net, x)
+    if par.world > 1:
+        order = [(layer.name, kind) for layer in net.layers for kind in ("weight", "bias")]
+        order += [(net.names[0], "input"), *((layer.name, "activity") for layer in net.layers)]
+        first = par.least(order.index(origin) if origin is not None else len(order), "tracing the non-finite loss")
+        origin = order[first] if first < len(order) else None
     if origin is None or origin == (exc.layer, exc.quantity):
         return exc
     layer, quantity = origin
@@ -71,6 +79,10 @@ def traced(net: Network, exc: NonFiniteError, x: torch.Tensor) -> NonFiniteError
 
 # ----- checkpoints ----------------------------------------------------------------------------------------------------
 def save_checkpoint(run: RunState, epochs_done: int, batches_done: int, reason: str) -> Path:
+    """Write the run's checkpoint (rank 0 of a data-parallel run: the others' state is the same); returns where it
+    is."""
+    if not run.par.writes:
+        return ckpt_io.checkpoint_path(run.out)
     archive = run.rec.archive
     state = ckpt_io.Checkpoint(
         config_json=run.cfg.to_json(), epochs_done=epochs_done, batches_done=batches_done,
@@ -92,15 +104,16 @@ def restore(run: RunState, checkpoint: ckpt_io.Checkpoint) -> None:
     torch.set_rng_state(checkpoint.torch_rng)
     ckpt_io.set_numpy_rng_state(checkpoint.numpy_rng)
     run.retries = list(checkpoint.retries)
-    run.rec.archive.set_digests(checkpoint.digests)
-    run.rec.archive.truncate(checkpoint.lengths)
+    if run.rec.archive is not None:  # None: a data-parallel run's process other than rank 0, which writes nothing
+        run.rec.archive.set_digests(checkpoint.digests)
+        run.rec.archive.truncate(checkpoint.lengths)
 
 
 def record_changes(run: RunState, checkpoint: ckpt_io.Checkpoint) -> dict[str, str]:
     """The attributes that record an allowed config change on resume (``--allow-change``): ``changes`` (JSON list of
     step, key, old, new; earlier changes kept) and the new ``config``; {} when nothing changed. Each is logged."""
     changes = config_changes(checkpoint.config_json, run.cfg)
-    if not changes:
+    if not changes or run.rec.archive is None:
         return {}
     before = json.loads(run.rec.archive.attrs.get("changes") or "[]")
     new = [{"step": int(checkpoint.step), "key": k, "old": old, "new": value} for k, (old, value) in changes.items()]
@@ -164,9 +177,20 @@ def resume_point(cfg: RunConfig, out: Path, net: Network | None = None, sched: S
 def stop(run: RunState, failure: StepFailure, *, keep: bool = False) -> None:
     """Keep what can be kept and raise the failure with the step, layer and what was saved; ``keep``
     (``on_diverge: keep``): the archive's attribute ``diverged`` is the error message, so the prefix is a result."""
-    exc, epoch, start, i = failure.error, failure.epoch, failure.start, failure.batch
+    exc = failure.error
     retried = (f" after {len(run.retries)} retr{'y' if len(run.retries) == 1 else 'ies'} with lower learning "
                "rates (train.max_retries)") if run.retries else ""
+    with run.par.agree("keeping the stopped run"):
+        error = _kept(run, failure, retried, keep)
+    # the same error on every process of a data-parallel run, printed by rank 0
+    if failure.unchecked:
+        raise run.par.mark(error)
+    raise run.par.mark(error) from exc
+
+
+def _kept(run: RunState, failure: StepFailure, retried: str, keep: bool) -> GaitsimError:
+    """Commit the steps before the failure and save the state before it; the error that says so."""
+    exc, epoch, start, i = failure.error, failure.epoch, failure.start, failure.batch
     run.rec.flush_steps(epoch, start, i, run.sched.step_count)
     run.rec.commit()
     error: GaitsimError
@@ -189,9 +213,7 @@ def stop(run: RunState, failure: StepFailure, *, keep: bool = False) -> None:
                  if isinstance(exc, NonFiniteError) else SingularLayerError(msg))
     if keep:
         run.rec.commit(diverged=str(error))
-    if failure.unchecked:
-        raise error
-    raise error from exc
+    return error
 
 
 def can_retry(run: RunState) -> bool:
@@ -202,9 +224,11 @@ def retry(run: RunState, failure: StepFailure) -> tuple[int, int]:
     """Go back to the newest intact checkpoint, scale every learning rate by ``train.retry_lr_factor`` once
     more, cut the archive back; returns the position ``(epochs_done, batches_done)`` to continue from."""
     exc = failure.error
-    checkpoint = ckpt_io.load(run.out)
-    if checkpoint is None:  # cannot happen: a retrying run writes a checkpoint before its first step
-        raise exc
+    with run.par.agree("reading the last checkpoint"):
+        checkpoint = ckpt_io.load(run.out) if run.par.writes else None
+        if run.par.writes and checkpoint is None:  # cannot happen: a retrying run checkpoints before its first step
+            raise exc
+    checkpoint = run.par.share_checkpoint(checkpoint)  # rank 0's, on every process
     step = getattr(exc, "step", None)
     step = run.sched.step_count if step is None else step
     retries = [*run.retries, {"step": int(step), "from_step": checkpoint.step,
@@ -214,7 +238,8 @@ def retry(run: RunState, failure: StepFailure) -> tuple[int, int]:
     scale = run.cfg.train.retry_lr_factor ** len(retries)
     for group, lr in zip(run.sched.optimizer.param_groups, run.sched.base_lrs):
         group["lr"] = lr * scale  # every group: the layers' and the rules' own (learned feedback)
-    run.rec.commit(retries=json.dumps(retries))
+    with run.par.agree("recording the retry"):
+        run.rec.commit(retries=json.dumps(retries))
     log.warning(f"{exc}. Retry {len(retries)}/{run.cfg.train.max_retries}: back to step {checkpoint.step} "
                 f"({checkpoint.path}) with the learning rates scaled by {scale:g}")
     return checkpoint.epochs_done, checkpoint.batches_done

@@ -176,6 +176,16 @@ class Plan:
     append_log: bool
     diverged: bool = False
 
+    def to_dict(self) -> dict[str, object]:
+        """As JSON (rank 0 of a data-parallel run sends its plan to the other processes)."""
+        return {"path": str(self.path), "continuing": self.continuing, "done": self.done,
+                "append_log": self.append_log, "diverged": self.diverged}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, object]) -> Plan:
+        return cls(Path(doc["path"]), bool(doc["continuing"]), bool(doc["done"]), bool(doc["append_log"]),
+                   bool(doc["diverged"]))
+
 
 def plan(cfg: RunConfig, out: Path, *, resume: bool, overwrite: bool, publish: bool,
          allow: tuple[str, ...] = ()) -> Plan:
@@ -231,9 +241,10 @@ def check_complete(path: Path) -> None:
 
 
 def create(path: Path, cfg: RunConfig, net: Network, *, steps_per_epoch: int, probe_labels, resume: bool,
-           attrs: dict | None = None) -> RunArchive:
-    """A new store at ``path`` for ``cfg`` on ``net``, with its provenance and ``attrs`` (what the data add, e.g.
-    ``train_eval_samples``); a run store already there is removed first (it was planned to be replaced)."""
+           attrs: dict | None = None, world_size: int = 1) -> RunArchive:
+    """A new store at ``path`` for ``cfg`` on ``net``, with its provenance (``world_size``: the processes training
+    it) and ``attrs`` (what the data add, e.g. ``train_eval_samples``); a run store already there is removed first
+    (it was planned to be replaced)."""
     if (path.exists() or path.is_symlink()) and not is_empty_folder(path):
         log.info(f"{path}: no checkpoint to resume from; starting over" if resume else f"replacing {path}")
         remove_store(path)
@@ -241,7 +252,7 @@ def create(path: Path, cfg: RunConfig, net: Network, *, steps_per_epoch: int, pr
               for layer, rule in zip(net.layers, net.rules)]
     return RunArchive.create(path, layers=layers, steps_per_epoch=steps_per_epoch, probe_labels=probe_labels,
                              activity_dtype=cfg.train.dtype,
-                             attrs={**provenance.start_attrs(cfg, net.device), **(attrs or {})})
+                             attrs={**provenance.start_attrs(cfg, net.device, world_size), **(attrs or {})})
 
 
 def publish(partial: Path, out: Path) -> Path:

@@ -4,6 +4,9 @@
 # `python -m sim lease -- python -m sim run <folder>/config.yaml --out <folder>/run.zarr --publish
 # --on-diverge {fail,keep} --quiet --log <log>`. The runtime settings (device, lease timeout) and the study's
 # on_diverge reach the job through the config, not params: changing them must not rerun finished runs.
+# A run of an experiment with `gpus: N` (N > 1, device cuda or auto) is rule run_parallel's instead: N GPUs leased
+# together and `torchrun --nproc-per-node N -m sim run ...` (docs/runs.md, "Several GPUs"); the {experiment}
+# patterns (sim.study.experiment_pattern) give each store to exactly one of the two rules.
 
 
 rule check_configs:
@@ -42,6 +45,8 @@ rule run:
         store=directory(f"{RUN}/run.zarr"),
     log:
         f"{RUN_LOGS}/run.log",
+    wildcard_constraints:
+        experiment=experiment_pattern(SEVERAL_GPUS, several=False),
     threads: 1
     resources:
         gpu=gpu_request(),
@@ -49,3 +54,27 @@ rule run:
         "../envs/gaitsim.yaml"
     script:
         "../scripts/run.py"
+
+
+rule run_parallel:
+    input:
+        config=f"{RUN}/config.yaml",
+    output:
+        store=directory(f"{RUN}/run.zarr"),
+    log:
+        f"{RUN_LOGS}/run.log",
+    wildcard_constraints:
+        experiment=experiment_pattern(SEVERAL_GPUS, several=True),
+    threads: 1
+    resources:
+        gpu=run_gpus,
+        on_diverge=run_on_diverge,
+        lease=lease_options(),
+    conda:
+        "../envs/gaitsim.yaml"
+    shell:
+        # torchrun's own messages (and its report of a failed process) go to the job's stderr, the run's to {log}
+        "python -m sim lease --gpus {resources.gpu} {resources.lease} -- "
+        "python -m torch.distributed.run --standalone --nproc-per-node {resources.gpu} "
+        "-m sim run {input.config:q} --out {output.store:q} --publish --on-diverge {resources.on_diverge} --quiet "
+        "--log-file {log:q}"
