@@ -51,3 +51,5 @@ def test_main_writes_the_numbers_and_a_figure_per_network(results, tmp_path):
 def test_no_reproduce_study_is_a_clear_error(tmp_path, capsys):
     assert main([str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "has none of reproduce/, reproduce_imagenet_sample/" in capsys.readouterr().err
+    assert main([str(tmp_path), "--out", str(tmp_path / "o"), "--study", "zoo"]) == 2
+    assert "has none of zoo/" in capsys.readouterr().err
