@@ -50,6 +50,8 @@ VALUES = st.one_of(
 ANGLES = ["angles", "--net", "digits_shallow", "--rule", "bp", "--batch", "4"]
 BENCH = ["bench", "--net", "digits_shallow", "--rules", "bp", "--batch", "4", "--steps", "1", "--repeats", "1",
          "--warmup", "0", "--tf32", "off", "--json"]
+BENCH_DATA = ["bench", "--data", "--net", "digits_shallow", "--rules", "bp", "--batch", "4", "--steps", "1",
+              "--repeats", "1", "--warmup", "0", "--json"]
 #: (command, base argv, flags fuzzed); "{}" marks a positional argument
 CASES = [
     *[("angles", ANGLES, f) for f in ("--batch", "--seed", "--perturb", "--image-size", "--width-mult", "--classes",
@@ -59,9 +61,12 @@ CASES = [
                                      "--ortho-every", "--image-size", "--width-mult", "--classes", "--device",
                                      "--net", "--rules", "--dtype", "--arithmetic", "--check-numerics", "--tf32",
                                      "--config")],
-    *[("run", None, f) for f in ("{config}", "--out", "--device", "--log", "--on-diverge", "--set", "--allow-change")],
+    *[("bench", BENCH_DATA, f) for f in ("--data-path", "--workers")],
+    *[("run", None, f) for f in ("{config}", "--out", "--device", "--log", "--log-file", "--on-diverge", "--set",
+                                 "--allow-change")],
     *[("status", None, f) for f in ("{study}", "--configfile")],
     ("lease", ["lease", "--", "true"], "--timeout"),
+    ("lease", ["lease", "--", "true"], "--gpus"),
     *[("analysis", None, f) for f in ("{study}", "--out", "--figure", "--format", "--description")],
 ]
 IDS = [f"{c}{f}" for c, _, f in CASES]
@@ -138,8 +143,8 @@ def argv_for(world: Path, cmd: str, base: list[str] | None, flag: str, value: st
         if flag == "{study}":
             return sim_main, ["status", "--", value]
         return sim_main, ["status", str(world / "study"), f"{flag}={value}"]
-    if flag == "--timeout":
-        return sim_main, ["lease", f"--timeout={value}", *base[1:]]
+    if cmd == "lease":  # its options come before the command after '--'
+        return sim_main, ["lease", f"{flag}={value}", *base[1:]]
     return sim_main, [*base, f"{flag}={value}"]
 
 
