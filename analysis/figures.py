@@ -231,7 +231,9 @@ def _line_kw(line: Line, ls: str = "-") -> dict:
 
 
 def _finish(ax, panel: Panel, legend_title: str | None = "rule") -> None:
-    ax.set_title(panel.title, fontsize=9)
+    # a network with options ('imagenet_conv(classes=200, image_size=96, ...) on npz') is wider than its panel
+    width = max(30, int(ax.get_figure().get_figwidth() * 11 / max(1, len(ax.get_figure().axes))))
+    ax.set_title("\n".join(textwrap.fill(line, width=width) for line in panel.title.splitlines()), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, title=legend_title, title_fontsize=7)
 
