@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from sim.config.schema import read_yaml
 from sim.errors import ConfigError
 from sim.study import (
     check_runs,
@@ -27,27 +25,7 @@ from sim.study import (
     study_figures,
     write_run_config,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
-
-
-def workflow_config(*files: str, **overrides) -> dict:
-    """The workflow config of ``snakemake --configfile config/<file>.yaml ... --config key=value ...``."""
-    from snakemake.utils import validate
-
-    config = read_yaml(REPO / "config" / "config.yaml")
-    for name in files:
-        config = deep_merge(config, read_yaml(REPO / "config" / f"{name}.yaml"))
-    config = deep_merge(config, overrides)
-    validate(config, str(SCHEMA))
-    return config
-
-
-def bad_study(experiment: dict, **study) -> dict:
-    """A workflow config with the one study 'bad' of one experiment 'e' on the shallow digits net."""
-    exp = {"run": "configs/digits_shallow_{rule}.yaml", "rules": ["bp", "gp"], **experiment}
-    return workflow_config(study="bad", studies={"bad": {**study, "experiments": {"e": exp}}})
+from tests.studies import REPO, bad_study, workflow_config
 
 
 def folders(runs) -> set[str]:

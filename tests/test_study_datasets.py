@@ -7,7 +7,7 @@ import pytest
 
 from sim.errors import ConfigError
 from sim.study import check_runs, expand
-from tests.test_study import REPO, workflow_config
+from tests.studies import REPO, workflow_config
 
 
 def test_the_imagenet_sample_study_reads_its_path_from_the_workflow_setting():

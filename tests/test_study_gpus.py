@@ -12,8 +12,7 @@ from snakemake.exceptions import WorkflowError
 
 from sim.errors import ConfigError
 from sim.study import RUN, expand, experiment_pattern, several_gpus
-
-from .test_study import REPO, bad_study, workflow_config
+from tests.studies import REPO, bad_study, workflow_config
 
 
 def imagenet_root(tmp_path):

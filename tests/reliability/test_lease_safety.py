@@ -146,7 +146,8 @@ def test_nested_lease_command_fails_at_once(pool_env, monkeypatch, capfd):
     monkeypatch.setenv(gpu.POOL_ENV, "5")
     monkeypatch.setenv(gpu.LOCK_DIR_ENV, pool_env[gpu.LOCK_DIR_ENV])
     inner = [sys.executable, "-m", "sim", "lease", "--timeout", "60", "--", sys.executable, "-c", "pass"]
-    args = argparse.Namespace(timeout=0.0, require_gpu=False, fallback_cpu=False, status=False, gpus=1, cmd=["--", *inner])
+    args = argparse.Namespace(timeout=0.0, require_gpu=False, fallback_cpu=False, status=False, gpus=1,
+                              cmd=["--", *inner])
     t0 = time.monotonic()
     monkeypatch.setenv("PYTHONPATH", os.getcwd())
     assert lease_cmd.main(args) == 2
