@@ -8,7 +8,8 @@ decay on both:
 ``dB_l`` is built from ``delta_l = 2 D_l e_l`` and ``a_{l-1}``, quantities at the two ends of the feedback synapse,
 so it is local. ``B`` is a parameter of the rule (in the network's ``state_dict``: checkpoints and exact resume hold
 it), with its own Adam group of the rule's lr, betas and eps; the decay is Adam's decoupled weight decay on both
-groups (``settings.kp.decay``). Adam is elementwise and both start from zero moments, so the two get the same step
+groups (``settings.kp.decay``; reference 5.0, reasoned in :mod:`sim.rules.catalog`: with 0, ``B - W`` never
+changes). Adam is elementwise and both start from zero moments, so the two get the same step
 from the same update and ``B - W`` shrinks by ``(1 - lr decay)`` per step: ``B -> W``. With ``B`` initialised to W
 the updates equal BP's at every step (tested). ``B`` starts orthogonal from the feedback generator, like FA's.
 
