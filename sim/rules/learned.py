@@ -92,13 +92,10 @@ class LearnedInverse(Rule):
         return randn(a_in.shape, generator=gen, dtype=a_in.dtype, device=a_in.device, part=part) \
             * self.settings.reconstruction_std
 
-    def reconstruction_gradients(self, layer: Layer, a_in: Tensor, part: BatchPart | None = None
-                                 ) -> tuple[Tensor, dict[str, Tensor]]:
-        """``(loss, grads)``: the mean of ``R^2`` (a 0-dim tensor) and the gradient of ``sum R^2`` by parameter name.
-
-        With ``part`` (``a_in`` holds these rows of a global batch), ``loss`` is this part's share of the global
-        batch's mean, ``sum R^2 / (total x units)``, so the shares summed over the processes are the mean."""
-        xi = self.noise(a_in, part)
+    def reconstruction_residual(self, layer: Layer, a_in: Tensor, xi: Tensor, q: Tensor, c: Tensor) -> Tensor:
+        """The residual ``R`` ``[B, *in_shape]`` of the reconstruction loss, differentiable in ``(q, c)`` (the
+        mapping's parameters, passed in as leaves): ``dtp``: ``g(h~) - (a_in + xi)``, ``drl``: ``g(h~) - g(h) - xi``,
+        here with this module's ``g(h) = V f^{-1}(h) + c`` (``dtp`` overrides it with Lee's form)."""
         act = layer.activation
         with torch.no_grad():
             h, h_noisy = layer(a_in), layer(a_in + xi)
@@ -106,11 +103,20 @@ class LearnedInverse(Rule):
                 r, target = act.inverse_difference(h, h_noisy - h), xi
             else:
                 r, target = act.inverse(h_noisy), a_in + xi
+        out = layer.feedback(r, q)
+        return (out + c if self.reconstruction == "dtp" else out) - target
+
+    def reconstruction_gradients(self, layer: Layer, a_in: Tensor, part: BatchPart | None = None
+                                 ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(loss, grads)``: the mean of ``R^2`` (a 0-dim tensor) and the gradient of ``sum R^2`` by parameter name.
+
+        With ``part`` (``a_in`` holds these rows of a global batch), ``loss`` is this part's share of the global
+        batch's mean, ``sum R^2 / (total x units)``, so the shares summed over the processes are the mean."""
+        xi = self.noise(a_in, part)
         with torch.enable_grad():
             q = self.inverse_weight.detach().requires_grad_(True)
             c = self.inverse_bias.detach().requires_grad_(True)
-            out = layer.feedback(r, q)
-            residual = (out + c if self.reconstruction == "dtp" else out) - target
+            residual = self.reconstruction_residual(layer, a_in, xi, q, c)
             loss = residual.pow(2).sum()
             grad_q, grad_c = torch.autograd.grad(loss, (q, c), allow_unused=True)
         grad_c = torch.zeros_like(self.inverse_bias) if grad_c is None else grad_c
