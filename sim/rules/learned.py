@@ -1,7 +1,11 @@
 """A learned inverse of one layer, trained on a local reconstruction loss: the state shared by ``dtp`` and
 ``lgp`` (issue 13; docs/rules.md).
 
-The feedback mapping of layer ``l`` (``W`` ``[n_out, n_in]``, bias ``b``, activation ``f``) is
+Both learn ``V = Q^T`` ``[n_in, n_out]`` and ``c`` ``[*in_shape]``; they differ in where the nonlinearity sits.
+``dtp`` uses Lee et al.'s ``g(h) = s_{l-1}(V h + c)`` with the receiving layer's activation (:mod:`sim.rules.dtp`
+overrides :meth:`LearnedInverse.difference` and :meth:`LearnedInverse.reconstruction_residual`). What follows is
+this module's own form, ``lgp``'s (GP's exact inverse with ``V`` learned): the feedback mapping of layer ``l``
+(``W`` ``[n_out, n_in]``, bias ``b``, activation ``f``) is
 
     g(h) = V f^{-1}(h) + c,          V = Q^T [n_in, n_out],  c [*in_shape],
 
@@ -18,22 +22,25 @@ differences ~eta). ``Q`` starts orthogonal (float64 draw from the feedback gener
 **Reconstruction loss** (batch-summed), with input noise ``xi ~ N(0, s^2)`` (``s`` = ``reconstruction_std``),
 ``h = f(W a_in + b)`` and ``h~ = f(W (a_in + xi) + b)`` (the layer's own forward pass on its own input):
 
-* ``dtp`` (Lee et al. 2015, eq. 13): ``L = sum ||g(h~) - (a_in + xi)||^2``;
+* ``dtp`` (Lee et al. 2015, eq. 13): ``L = sum ||g(h~) - (a_in + xi)||^2`` (with dtp's own ``g``);
 * ``drl`` (Meulemans et al. 2020's difference reconstruction loss, restricted to one layer, so it stays local):
-  ``L = sum ||g(h~) - g(h) - xi||^2 = sum ||V (f^{-1}(h~) - f^{-1}(h)) - xi||^2`` (``c`` drops out; ``lgp``'s loss).
+  ``L = sum ||g(h~) - g(h) - xi||^2``, in this module's form ``sum ||V (f^{-1}(h~) - f^{-1}(h)) - xi||^2`` (``c``
+  drops out; ``lgp``'s loss).
 
-Both are least squares in ``(Q, c)`` (dense: ``dL/dV = 2 R^T r``, ``dL/dc = 2 sum_b R`` with the residual ``R``
-and ``r`` what ``V`` multiplies); the gradient is taken by autograd through :meth:`~sim.layers.base.Layer.feedback`
-on detached copies (so one code path serves dense and conv layers) and returned by
-:meth:`~sim.rules.base.Rule.feedback_plasticity`, so they land in ``.grad`` of the rule's own Adam group (learning
-rate ``feedback_lr``). The noise is a pure function of a per-layer seed and the number of optimiser steps so far
-(buffers ``seed`` and ``draws``, advanced in ``after_step``, as ``brsf`` does), so every call within one step draws
-the same noise and a resumed run draws the same noise as an uninterrupted one.
+In this module's form both are least squares in ``(Q, c)`` (dense: ``dL/dV = 2 R^T r``, ``dL/dc = 2 sum_b R`` with
+the residual ``R`` and ``r`` what ``V`` multiplies); the gradient is taken by autograd through
+:meth:`~sim.layers.base.Layer.feedback` on detached copies (so one code path serves dense and conv layers) and
+returned by :meth:`~sim.rules.base.Rule.feedback_plasticity`, so they land in ``.grad`` of the rule's own Adam group
+(learning rate ``feedback_lr``). The noise is a pure function of a per-layer seed and the number of optimiser steps
+so far (buffers ``seed`` and ``draws``, advanced in ``after_step``, as ``brsf`` does), so every call within one step
+draws the same noise and a resumed run draws the same noise as an uninterrupted one.
 
 **Recorded** (:meth:`state_metrics`): ``reconstruction_loss``, the mean over samples and input units of ``R^2`` at
 the last step (a buffer, checkpointed with the rest); ``feedback_angle``, degrees between ``V`` and ``W^+``
-(``W^{-1}`` for a square layer, the pseudo-inverse otherwise: the minimiser of the noise term of both losses; for a
-conv layer, between ``Q_mat^T`` and ``M^+`` of the patch matrix, the per-patch inverse GP uses).
+(``W^{-1}`` for a square layer, the pseudo-inverse otherwise: the minimiser of the noise term of both losses in this
+module's form; for a conv layer, between ``Q_mat^T`` and ``M^+`` of the patch matrix, the per-patch inverse GP uses).
+In dtp's form, with activations on both sides, ``W^+`` is the exact minimiser only for linear ones: there the angle
+says how far ``V`` is from the linear inverse.
 """
 
 from __future__ import annotations
@@ -50,7 +57,8 @@ from sim.step_options import BatchPart, randn
 
 
 class LearnedInverse(Rule):
-    """Base of the rules with a learned inverse ``g(h) = Q^T f^{-1}(h) + c`` (module docstring)."""
+    """Base of the rules with a learned feedback mapping ``(Q, c)``; its own form ``g(h) = Q^T f^{-1}(h) + c``
+    (module docstring; ``dtp`` overrides it)."""
 
     #: the reconstruction loss (``'dtp'`` or ``'drl'``); ``None``: read the ``reconstruction`` setting
     loss_kind: str | None = None
