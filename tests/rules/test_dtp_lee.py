@@ -6,7 +6,6 @@ reconstruction loss falls; and dtp learns the embedded digits (the old form ``V 
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import pytest
 import torch
@@ -120,7 +119,6 @@ def test_dtp_learns_the_digits():
     rule), 10 epochs at batch 32: 0.59 test (0.70-0.80 at epochs 7-14); the old form g = V f^-1 + c stays at chance
     (0.10) on the same run. (digits_shallow does not tell the two apart: the old form's factor 10 per layer only
     compounds in a deep net; both reach 0.85-0.94 there.)"""
-    start = time.perf_counter()
     x, y = digits(dtype=torch.float32)
     xt, yt = digits("test", dtype=torch.float32)
     settings = {"dtp": dataclasses.replace(get_rule("dtp").defaults, lr=1e-3)}
@@ -135,4 +133,3 @@ def test_dtp_learns_the_digits():
     with torch.no_grad():
         acc = (net(xt).argmax(1) == yt).double().mean().item()
     assert acc > 0.4, acc
-    assert time.perf_counter() - start < 30
