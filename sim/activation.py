@@ -3,7 +3,8 @@
 Hidden layers use the leaky ReLU ``f(z) = z if z > 0 else 0.1 z``; the output layer is linear. GP needs three things
 from an activation besides ``f``: its derivative ``D = f'(z)``, its inverse ``f^{-1}``, and the *difference*
 ``f^{-1}(a + u) - f^{-1}(a)`` computed without subtracting two large numbers, which is what makes the difference
-form of GP exact in float32.
+form of GP exact in float32. DTP needs the forward counterpart, ``f(u + delta) - f(u)``, likewise without
+cancellation.
 
 Every function works on tensors of any shape, elementwise. None uses ``torch.where`` or a boolean mask: on a CPU
 those run a scalar loop, 10-15x slower than the vectorised ``sign``, ``clamp`` and arithmetic used instead, and GP
@@ -72,6 +73,22 @@ class Activation:
         crossed = self.inverse(moved) - self.inverse(a)
         # w = 1 where exactly one of a, a + u is positive: |[a > 0] - [a + u > 0]| with [x > 0] = max(sign(x), 0)
         w = (a.sign().clamp_min_(0) - moved.sign().clamp_min_(0)).abs_()
+        return torch.addcmul(plain * (1 - w), crossed, w)
+
+    def forward_difference(self, u: Tensor, delta: Tensor) -> Tensor:
+        """``f(u + delta) - f(u)`` without cancellation (difference target propagation's message through a
+        receiving layer's activation, :mod:`sim.rules.dtp`).
+
+        Where ``u`` and ``u + delta`` lie on the same linear piece the difference is ``f'(u) delta`` exactly; only
+        where the step crosses the kink are both terms evaluated (then ``|delta| >= |u|``, so nothing is lost).
+        The same 0/1 blend as :meth:`inverse_difference`.
+        """
+        if self.is_linear:
+            return delta
+        moved = u + delta
+        plain = delta * self.derivative(u)  # sign(u) = sign(f(u)): the slope on u's piece
+        crossed = self(moved) - self(u)
+        w = (u.sign().clamp_min_(0) - moved.sign().clamp_min_(0)).abs_()
         return torch.addcmul(plain * (1 - w), crossed, w)
 
 

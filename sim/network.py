@@ -124,6 +124,8 @@ class Network(nn.Module):
             except GaitsimError as exc:
                 exc.layer_index = i  # the config loader names the key (network.layers[i] or network.classes)
                 raise
+            # what the layer's input went through: a fixed property of the connection (dtp's g reads it)
+            layer.input_activation = layers[-1].activation if layers else LINEAR
             layers.append(layer)
             rule_mods.append(rule)
             in_shape = layer.read_shape

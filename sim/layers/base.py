@@ -25,6 +25,13 @@ The message methods are declared on :class:`Layer`; a layer kind that cannot sen
 without an inverse) leaves it to the base class, which raises a :class:`~sim.errors.ShapeError` naming the layer,
 its kind and the message. The linear algebra behind the inverses lives in :mod:`sim.linalg`.
 
+**The input's activation.** ``input_activation`` is the activation the layer's input already went through: the
+layer below's ``activation`` (leaky ReLU below a hidden layer), :data:`~sim.activation.LINEAR` for the first layer
+(the network input). It is a fixed property of the connection, set once by :class:`~sim.network.Network` when it
+stacks the layers (a layer built on its own keeps the default, ``LINEAR``), not per-step state: a rule whose feedback
+produces the input's activity itself, such as ``dtp``'s ``g(h) = s(V h + c)`` (Lee et al. 2015), reads it from its own
+layer, so no rule looks at a neighbour.
+
 Shapes are per sample: ``in_shape`` is what the layer reads (the forwarded part of the layer below), ``out_shape`` is
 its full output (aux included); ``read(a)`` keeps the forwarded part, ``embed(d)`` is its adjoint (zeros on aux).
 """
@@ -34,7 +41,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from sim.activation import Activation
+from sim.activation import LINEAR, Activation
 from sim.errors import NonFiniteError, ShapeError
 from sim.linalg import Check, InverseFactors, factorize
 
@@ -44,6 +51,8 @@ class Layer(nn.Module):
 
     #: activation applied after the affine map
     activation: Activation
+    #: activation the layer's input went through (the layer below's; LINEAR for the network input); set by Network
+    input_activation: Activation = LINEAR
     #: True when the weight is square (invertible) and the layer may carry aux units
     square: bool
     #: per-sample shape the layer reads, e.g. ``(1024,)`` or ``(C, H, W)``

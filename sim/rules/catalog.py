@@ -41,11 +41,15 @@ BUILTIN: tuple[RuleSpec, ...] = (
     RuleSpec("kp", "sim.rules.kp:KolenPollack", "Kolen-Pollack: a learned feedback B with W's update and decay "
              "on both, so B -> W (Akrout et al. 2019).", settings=(*COMMON, "decay"),
              defaults={**_FA_ADAM, "decay": _KP_DECAY}),
+    # dtp's feedback_lr: g must track W as W moves, with one reconstruction step per forward step (Meulemans et al.
+    # 2020's code trains g for extra epochs ahead of W, scalingDTP for several iterations per batch), so its rate
+    # must lie well above the forward one; 1e-3 with Adam (measured on digits_deep at lr 1e-3: feedback_lr 1e-4
+    # reaches 0.26-0.37 test in 14 epochs, 1e-3 0.72-0.80, 1e-2 oscillates at 0.1-0.5; docs/rules.md).
     RuleSpec("dtp", "sim.rules.dtp:DifferenceTargetProp", "difference target propagation: a learned feedback "
-             "g(h) = V f^-1(h) + c trained on a noisy reconstruction loss, d_{l-1} = g(a + d) - g(a) "
-             "(Lee et al. 2015; 'drl': Meulemans et al. 2020).",
+             "g(h) = s_{l-1}(V h + c) (s_{l-1}: the receiving layer's activation) trained on a noisy "
+             "reconstruction loss, d_{l-1} = g(a + d) - g(a) (Lee et al. 2015; 'drl': Meulemans et al. 2020).",
              settings=(*COMMON, "feedback_lr", "reconstruction_std", "reconstruction"),
-             defaults={"lr": 1.9e-5, "betas": (0.9, 0.999), "eps": 1e-6, "ortho_lambda": 0.0, "feedback_lr": 1e-4,
+             defaults={"lr": 1.9e-5, "betas": (0.9, 0.999), "eps": 1e-6, "ortho_lambda": 0.0, "feedback_lr": 1e-3,
                        "reconstruction_std": 0.1, "reconstruction": "dtp"}),
     RuleSpec("lgp", "sim.rules.lgp:LearnedInverseGP", "normalized GAIT-prop whose exact inverse is a learned V -> "
              "W^-1 trained on a local difference reconstruction loss (Dalm et al. 2023's proposed next step).",

@@ -1,7 +1,11 @@
 """A learned inverse of one layer, trained on a local reconstruction loss: the state shared by ``dtp`` and
 ``lgp`` (issue 13; docs/rules.md).
 
-The feedback mapping of layer ``l`` (``W`` ``[n_out, n_in]``, bias ``b``, activation ``f``) is
+Both learn ``V = Q^T`` ``[n_in, n_out]`` and ``c`` ``[*in_shape]``; they differ in where the nonlinearity sits.
+``dtp`` uses Lee et al.'s ``g(h) = s_{l-1}(V h + c)`` with the receiving layer's activation (:mod:`sim.rules.dtp`
+overrides :meth:`LearnedInverse.difference` and :meth:`LearnedInverse.reconstruction_residual`). What follows is
+this module's own form, ``lgp``'s (GP's exact inverse with ``V`` learned): the feedback mapping of layer ``l``
+(``W`` ``[n_out, n_in]``, bias ``b``, activation ``f``) is
 
     g(h) = V f^{-1}(h) + c,          V = Q^T [n_in, n_out],  c [*in_shape],
 
@@ -18,22 +22,25 @@ differences ~eta). ``Q`` starts orthogonal (float64 draw from the feedback gener
 **Reconstruction loss** (batch-summed), with input noise ``xi ~ N(0, s^2)`` (``s`` = ``reconstruction_std``),
 ``h = f(W a_in + b)`` and ``h~ = f(W (a_in + xi) + b)`` (the layer's own forward pass on its own input):
 
-* ``dtp`` (Lee et al. 2015, eq. 13): ``L = sum ||g(h~) - (a_in + xi)||^2``;
+* ``dtp`` (Lee et al. 2015, eq. 13): ``L = sum ||g(h~) - (a_in + xi)||^2`` (with dtp's own ``g``);
 * ``drl`` (Meulemans et al. 2020's difference reconstruction loss, restricted to one layer, so it stays local):
-  ``L = sum ||g(h~) - g(h) - xi||^2 = sum ||V (f^{-1}(h~) - f^{-1}(h)) - xi||^2`` (``c`` drops out; ``lgp``'s loss).
+  ``L = sum ||g(h~) - g(h) - xi||^2``, in this module's form ``sum ||V (f^{-1}(h~) - f^{-1}(h)) - xi||^2`` (``c``
+  drops out; ``lgp``'s loss).
 
-Both are least squares in ``(Q, c)`` (dense: ``dL/dV = 2 R^T r``, ``dL/dc = 2 sum_b R`` with the residual ``R``
-and ``r`` what ``V`` multiplies); the gradient is taken by autograd through :meth:`~sim.layers.base.Layer.feedback`
-on detached copies (so one code path serves dense and conv layers) and returned by
-:meth:`~sim.rules.base.Rule.feedback_plasticity`, so they land in ``.grad`` of the rule's own Adam group (learning
-rate ``feedback_lr``). The noise is a pure function of a per-layer seed and the number of optimiser steps so far
-(buffers ``seed`` and ``draws``, advanced in ``after_step``, as ``brsf`` does), so every call within one step draws
-the same noise and a resumed run draws the same noise as an uninterrupted one.
+In this module's form both are least squares in ``(Q, c)`` (dense: ``dL/dV = 2 R^T r``, ``dL/dc = 2 sum_b R`` with
+the residual ``R`` and ``r`` what ``V`` multiplies); the gradient is taken by autograd through
+:meth:`~sim.layers.base.Layer.feedback` on detached copies (so one code path serves dense and conv layers) and
+returned by :meth:`~sim.rules.base.Rule.feedback_plasticity`, so they land in ``.grad`` of the rule's own Adam group
+(learning rate ``feedback_lr``). The noise is a pure function of a per-layer seed and the number of optimiser steps
+so far (buffers ``seed`` and ``draws``, advanced in ``after_step``, as ``brsf`` does), so every call within one step
+draws the same noise and a resumed run draws the same noise as an uninterrupted one.
 
 **Recorded** (:meth:`state_metrics`): ``reconstruction_loss``, the mean over samples and input units of ``R^2`` at
 the last step (a buffer, checkpointed with the rest); ``feedback_angle``, degrees between ``V`` and ``W^+``
-(``W^{-1}`` for a square layer, the pseudo-inverse otherwise: the minimiser of the noise term of both losses; for a
-conv layer, between ``Q_mat^T`` and ``M^+`` of the patch matrix, the per-patch inverse GP uses).
+(``W^{-1}`` for a square layer, the pseudo-inverse otherwise: the minimiser of the noise term of both losses in this
+module's form; for a conv layer, between ``Q_mat^T`` and ``M^+`` of the patch matrix, the per-patch inverse GP uses).
+In dtp's form, with activations on both sides, ``W^+`` is the exact minimiser only for linear ones: there the angle
+says how far ``V`` is from the linear inverse.
 """
 
 from __future__ import annotations
@@ -50,7 +57,8 @@ from sim.step_options import BatchPart, randn
 
 
 class LearnedInverse(Rule):
-    """Base of the rules with a learned inverse ``g(h) = Q^T f^{-1}(h) + c`` (module docstring)."""
+    """Base of the rules with a learned feedback mapping ``(Q, c)``; its own form ``g(h) = Q^T f^{-1}(h) + c``
+    (module docstring; ``dtp`` overrides it)."""
 
     #: the reconstruction loss (``'dtp'`` or ``'drl'``); ``None``: read the ``reconstruction`` setting
     loss_kind: str | None = None
@@ -92,13 +100,10 @@ class LearnedInverse(Rule):
         return randn(a_in.shape, generator=gen, dtype=a_in.dtype, device=a_in.device, part=part) \
             * self.settings.reconstruction_std
 
-    def reconstruction_gradients(self, layer: Layer, a_in: Tensor, part: BatchPart | None = None
-                                 ) -> tuple[Tensor, dict[str, Tensor]]:
-        """``(loss, grads)``: the mean of ``R^2`` (a 0-dim tensor) and the gradient of ``sum R^2`` by parameter name.
-
-        With ``part`` (``a_in`` holds these rows of a global batch), ``loss`` is this part's share of the global
-        batch's mean, ``sum R^2 / (total x units)``, so the shares summed over the processes are the mean."""
-        xi = self.noise(a_in, part)
+    def reconstruction_residual(self, layer: Layer, a_in: Tensor, xi: Tensor, q: Tensor, c: Tensor) -> Tensor:
+        """The residual ``R`` ``[B, *in_shape]`` of the reconstruction loss, differentiable in ``(q, c)`` (the
+        mapping's parameters, passed in as leaves): ``dtp``: ``g(h~) - (a_in + xi)``, ``drl``: ``g(h~) - g(h) - xi``,
+        here with this module's ``g(h) = V f^{-1}(h) + c`` (``dtp`` overrides it with Lee's form)."""
         act = layer.activation
         with torch.no_grad():
             h, h_noisy = layer(a_in), layer(a_in + xi)
@@ -106,11 +111,20 @@ class LearnedInverse(Rule):
                 r, target = act.inverse_difference(h, h_noisy - h), xi
             else:
                 r, target = act.inverse(h_noisy), a_in + xi
+        out = layer.feedback(r, q)
+        return (out + c if self.reconstruction == "dtp" else out) - target
+
+    def reconstruction_gradients(self, layer: Layer, a_in: Tensor, part: BatchPart | None = None
+                                 ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(loss, grads)``: the mean of ``R^2`` (a 0-dim tensor) and the gradient of ``sum R^2`` by parameter name.
+
+        With ``part`` (``a_in`` holds these rows of a global batch), ``loss`` is this part's share of the global
+        batch's mean, ``sum R^2 / (total x units)``, so the shares summed over the processes are the mean."""
+        xi = self.noise(a_in, part)
         with torch.enable_grad():
             q = self.inverse_weight.detach().requires_grad_(True)
             c = self.inverse_bias.detach().requires_grad_(True)
-            out = layer.feedback(r, q)
-            residual = (out + c if self.reconstruction == "dtp" else out) - target
+            residual = self.reconstruction_residual(layer, a_in, xi, q, c)
             loss = residual.pow(2).sum()
             grad_q, grad_c = torch.autograd.grad(loss, (q, c), allow_unused=True)
         grad_c = torch.zeros_like(self.inverse_bias) if grad_c is None else grad_c

@@ -1,6 +1,7 @@
-"""Oracles of difference target propagation ``dtp`` (issue 13): the reconstruction loss falls; with ``g_l`` set to
-the exact inverse of an invertible layer the difference-corrected target is the exact one; the feedback mapping has
-its own optimiser group at ``feedback_lr``; a conv layer is refused with the fix."""
+"""The learned-inverse machinery of ``dtp`` (issue 13): the feedback mapping has its own optimiser group at
+``feedback_lr``; only an applied step records its reconstruction loss; the noise is redrawn every step; conv layers
+learn their ``V`` too (``lgp`` as well). The oracles of dtp's feedback form (Lee et al.'s ``g(h) = s_{l-1}(V h + c)``:
+exact targets, differences, the reconstruction loss, learning) are in test_dtp_lee.py."""
 
 from __future__ import annotations
 
@@ -35,58 +36,6 @@ def set_exact_inverse(net: Network, i: int) -> None:
         inv = torch.linalg.inv(layer.weight)
         rule.inverse_weight.copy_(inv.T)
         rule.inverse_bias.copy_(-inv @ layer.bias)
-
-
-@pytest.mark.parametrize("reconstruction", ["dtp", "drl"])
-def test_the_reconstruction_loss_falls(reconstruction):
-    x, y = digits_batch(256)
-    net = dtp_net(reconstruction=reconstruction)
-    sched = Scheduler(net)
-    trace = []
-    for step in range(120):
-        sched.train_step(x[(step % 4) * 64:(step % 4 + 1) * 64], y[(step % 4) * 64:(step % 4 + 1) * 64])
-        if step % 40 in (0, 39):
-            trace.append(state_metrics(net)["reconstruction_loss"])
-    first, last = trace[0], trace[-1]
-    assert (last < first).all(), trace
-    # the square layers (32 -> 32) can reconstruct their input fully; the others keep the floor of what they drop
-    assert (last[1:3] < 0.2 * first[1:3]).all(), trace
-    # and the learned V comes closer to W^+ in every layer
-    assert (state_metrics(net)["feedback_angle"] < 80).all(), state_metrics(net)["feedback_angle"]
-
-
-@pytest.mark.parametrize("reconstruction", ["dtp", "drl"])
-def test_with_g_the_exact_inverse_the_difference_corrected_target_is_the_exact_one(reconstruction):
-    x, y = digits_batch(64)
-    net = dtp_net(reconstruction=reconstruction)
-    for i in (1, 2):  # the two square hidden layers (32 -> 32)
-        set_exact_inverse(net, i)
-    r = Scheduler(net).compute(x, y)
-    fp = r.forward
-    for i in (1, 2):
-        layer, a, a_in = net.layers[i], fp.outputs[i], fp.inputs[i]
-        t = r.messages[i].target(a)  # t_i = a_i + d_i
-        exact = torch.linalg.solve(layer.weight, (layer.activation.inverse(t) - layer.bias).T).T  # W^-1 (f^-1(t) - b)
-        t_below = r.messages[i - 1].target(a_in)
-        torch.testing.assert_close(t_below, exact, rtol=1e-10, atol=1e-12)
-        assert torch.equal(r.messages[i - 1].m, r.messages[i].m)  # the multiplier passes through
-        # the exact inverse reconstructs perfectly: its loss is zero to float tolerance
-        loss, grads = net.rules[i].reconstruction_gradients(layer, a_in)
-        assert loss < 1e-24 and grads["inverse_weight"].abs().max() < 1e-10
-        assert net.rules[i].state_metrics(layer)["feedback_angle"] < 1e-6
-
-
-def test_below_a_gp_layer_the_difference_survives_gps_tiny_differences():
-    """GP above sends d ~ eta with a large m; the difference form g(a + d) - g(a) keeps it in float32 too."""
-    x, y = digits_batch(64, torch.float32)
-    net = dtp_net(("bp", "dtp", "gp", "bp"), dtype="float32")
-    set_exact_inverse(net, 1)
-    r = Scheduler(net).compute(x, y)
-    layer, a, msg = net.layers[1], r.forward.outputs[1], r.messages[1]
-    v = layer.activation.inverse_difference(a.double(), msg.d.double())
-    exact = torch.linalg.solve(layer.weight.double(), v.T).T
-    torch.testing.assert_close(r.messages[0].d.double(), exact, rtol=1e-4, atol=1e-4 * exact.abs().max().item())
-    assert r.messages[0].d.abs().max() > 0
 
 
 def test_the_feedback_mapping_has_its_own_optimiser_group_at_feedback_lr():
