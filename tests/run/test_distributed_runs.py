@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -171,7 +172,11 @@ def test_a_killed_process_stops_the_run_and_resume_continues_with_one_or_two(tmp
     lines = rank0.stderr.strip().splitlines()
     assert rank0.returncode == 2 and len(lines) == 1, rank0.stderr
     assert lines[0].startswith("error: process 0 of 2 lost contact with the other processes of the data-parallel run")
-    assert "Connection closed by peer" in lines[0] and "--resume" in lines[0] and "Traceback" not in rank0.stderr
+    # the backend's reason, in its words (gloo says "Connection closed by peer" or "Connection reset by peer", or
+    # times out, depending on when the socket closes): present, short, without its C++ source location
+    reason = re.search(r"\((.+)\): one of them stopped or was killed", lines[0])
+    assert reason and reason.group(1).strip() and ".cc:" not in reason.group(1), lines[0]
+    assert "--resume" in lines[0] and "Traceback" not in rank0.stderr
     killed_mid_epoch_2(out)
     run(cfg, out, resume=True, progress=False)  # one process continues what two started
     assert_close_archives(reference, out)
