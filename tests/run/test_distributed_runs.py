@@ -193,9 +193,9 @@ def test_a_killed_process_stops_the_run_and_resume_continues_with_one_or_two(tmp
 
 
 def test_torchrun_stops_every_process_when_one_is_killed(tmp_path, one_thread):
-    """Under torchrun: a worker SIGKILLed from outside once the first checkpoint is written. gaitsim prints one error
-    line (rank 0's, or none if torchrun's SIGTERM reaches it first) and no traceback; torchrun reports the failed
-    worker; the store resumes with two processes to the uninterrupted run."""
+    """Under torchrun: a worker SIGKILLed from outside once the first checkpoint is written. gaitsim prints at most one
+    error line (rank 0's: the lost contact, or the SIGTERM torchrun then sends it) and no traceback; torchrun reports
+    the failed worker; the store resumes with two processes to the uninterrupted run."""
     cfg = config(tmp_path, LONG, epochs=12, batch_size=32)
     out = tmp_path / "c.zarr"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "sim", "run",
@@ -209,7 +209,9 @@ def test_torchrun_stops_every_process_when_one_is_killed(tmp_path, one_thread):
     _, stderr = agent.communicate(timeout=600)
     assert agent.returncode != 0
     ours = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(ours) <= 1 and all("lost contact" in line for line in ours), stderr
+    # rank 0 notices the lost worker ("lost contact"), or torchrun's SIGTERM reaches it first ("stopped by SIGTERM",
+    # the resume command): either way one line (or none), never a traceback of ours
+    assert len(ours) <= 1 and all("lost contact" in line or "stopped by SIGTERM" in line for line in ours), stderr
     assert "ChildFailedError" in stderr  # torchrun's own report of the killed worker
     assert "sim/" not in "".join(line for line in stderr.splitlines() if line.startswith("  File"))
     assert open_run(out).attrs["complete"] is False
