@@ -9,7 +9,11 @@ conv net on the ImageNet sample), whichever exist, or the studies named (e.g. ``
   epoch's), and each layer's angle in the last epoch; then the controls' answer to "is GP's gap to BP the
   regulariser?" (test accuracy differences after the last epoch);
 - ``figures/layers_<network>.png``: each hidden layer's angle to BP over training, one panel per layer (the paper's
-  per-layer figures), a line per run group, smoothed over one epoch of recorded steps.
+  per-layer figures), a line per run group, smoothed over one epoch of recorded steps;
+- ``figures/orthogonality_<network>.png`` and a table in ``numbers.md``: for the GP-family runs (GP, vGP) the angle to
+  BP of each hidden layer against the orthogonality error (``||W W^T - I||_F / sqrt(n)``, summed) of the layers
+  above it, through which its target came, one point per layer and epoch: the evidence for the paper's "the gap
+  comes from imperfect orthogonality" (REFERENCE.md section 8).
 
 The report's prose quotes these files; they are regenerated, never edited. Nothing here imports torch.
 """
@@ -28,6 +32,8 @@ import xarray as xr
 from analysis.figures import Line, _angle_axis, _grid, _line_kw, final, panels
 
 STUDIES = ("reproduce", "reproduce_imagenet_sample")
+#: the rules whose angle to BP is set by how far the square weights are from orthogonal (REFERENCE.md section 3)
+GP_FAMILY = ("gp", "vgp")
 
 
 def _hidden(line: Line) -> list[str]:
@@ -108,6 +114,80 @@ def regulariser_control(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def angle_and_orthogonality(ds: xr.Dataset) -> pd.DataFrame:
+    """One row per (run group of the GP family, hidden layer, epoch): the layer's angle to BP averaged over the
+    epoch's recorded steps, and the orthogonality error of the layers above it after the epoch (the sum of
+    ``||W W^T - I||_F / sqrt(n)`` over the square layers the layer's target is propagated through: its update equals
+    BP's when they are all orthogonal, REFERENCE.md section 3); both averaged over seeds."""
+    out = []
+    for panel in panels(ds):
+        for line in panel.lines:
+            if line.rule not in GP_FAMILY:
+                continue
+            runs = line.runs
+            order = [str(layer) for layer in runs.layer.values]
+            errors = runs.ortho_error.mean("seed", skipna=True)
+            for layer in _hidden(line):
+                above = errors.sel(layer=order[order.index(layer) + 1:])
+                path = above.sum("layer", min_count=1)
+                angle = runs.angle.sel(layer=layer)
+                for epoch in path.epoch.values:
+                    a = float(angle.where(runs.step_epoch == epoch).mean("step", skipna=True)
+                              .mean("seed", skipna=True))
+                    e = float(path.sel(epoch=epoch))
+                    if np.isfinite(a) and np.isfinite(e):
+                        out.append({"network": panel.title.split("\n")[0], "rule": line.rule,
+                                    "experiment": line.experiment, "layer": layer, "epoch": int(epoch),
+                                    "angle": a, "error_above": e})
+    return pd.DataFrame(out, columns=["network", "rule", "experiment", "layer", "epoch", "angle", "error_above"])
+
+
+def orthogonality_markdown(points: pd.DataFrame) -> str:
+    """Per network and GP-family run group: the last epoch's orthogonality error above a hidden layer and its angle
+    (means over the hidden layers), and the rank correlation of the two over every (layer, epoch) of the group."""
+    lines = ["| network | rule · experiment | ortho error above a layer, last epoch | angle, last epoch "
+             "| rank correlation (angle, error above) over layers x epochs |", "|---|---|---:|---:|---:|"]
+    for (network, rule, experiment), g in points.groupby(["network", "rule", "experiment"], sort=False):
+        last = g[g.epoch == g.epoch.max()]
+        rho = g.angle.rank().corr(g.error_above.rank()) if len(g) > 2 else np.nan
+        lines.append(f"| {network} | {rule} · {experiment} | {_f(last.error_above.mean(), 4)} "
+                     f"| {_f(last.angle.mean(), 2)} | {_f(rho, 2)} |")
+    return "\n".join(lines)
+
+
+def orthogonality_figures(ds: xr.Dataset, points: pd.DataFrame):
+    """Per network: the GP family's angle to BP against the orthogonality error of the layers above, a point per
+    hidden layer and epoch, a colour per run group (log-log)."""
+    import matplotlib.pyplot as plt
+
+    figs = {}
+    for panel in panels(ds):
+        network = panel.title.split("\n")[0]
+        here = points[points.network == network]
+        # a log-log plot has no place for 0 (an exactly orthogonal stack above, or an angle of 0): counted, not drawn
+        drawn = here[(here.angle > 0) & (here.error_above > 0)]
+        if drawn.empty:
+            continue
+        fig, ax = plt.subplots(figsize=(6.0, 4.2), layout="constrained")
+        for line in panel.lines:
+            g = drawn[(drawn.rule == line.rule) & (drawn.experiment == line.experiment)]
+            if g.empty:
+                continue
+            kw = {"marker": "o", "alpha": 0.8, **_line_kw(line), "ls": "none", "ms": 3.5}
+            ax.plot(g.error_above, g.angle, **kw)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("orthogonality error of the layers above, sum of ||W W^T - I||_F / sqrt(n)")
+        ax.set_ylabel("angle to BP, epoch mean (deg)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, title="rule · experiment", title_fontsize=7)
+        hidden = f"; {len(here) - len(drawn)} at 0 not drawn" if len(drawn) < len(here) else ""
+        ax.set_title(f"{network.split(' on ')[0]}: GP's angle to BP against orthogonality\n(a point per "
+                     f"hidden layer and epoch{hidden})", fontsize=9)
+        figs[re.sub(r"[^A-Za-z0-9_.=-]+", "_", network.split(" on ")[0]).strip("_")] = fig
+    return figs
+
+
 def layers_over_training(ds: xr.Dataset, smooth: int = 0):
     """Per network panel of ``ds``: one figure with a panel per hidden layer, each run group's angle to BP over
     training steps (mean over seeds; a centred rolling mean over ``smooth`` recorded steps, default one epoch's)."""
@@ -175,8 +255,14 @@ def main(argv: list[str] | None = None) -> int:
         if study == "reproduce":
             sections.append("### Is GP's gap to BP the regulariser? (test accuracy differences, last epoch)\n\n"
                             + regulariser_control(table))
+        points = angle_and_orthogonality(ds)
+        if not points.empty:
+            sections.append("### GP's angle and the orthogonality of the layers above\n\n"
+                            + orthogonality_markdown(points))
         for network, fig in layers_over_training(ds).items():
             save(fig, figures / f"layers_{network}.png")
+        for network, fig in orthogonality_figures(ds, points).items():
+            save(fig, figures / f"orthogonality_{network}.png")
     args.out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python -m analysis.reproduction", str(args.results), "--out", str(args.out),
                         *(["--partial"] if args.partial else []), *(f"--study {s}" for s in args.study or ())])
@@ -185,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
               "the recorded steps (all, or the last epoch's); accuracies after the last epoch trained, mean over "
               "seeds.\n\n")
     (args.out / "numbers.md").write_text(header + "\n\n".join(sections) + "\n")
-    print(f"wrote {args.out / 'numbers.md'} and {figures}/layers_*.png")
+    print(f"wrote {args.out / 'numbers.md'} and the figures in {figures}")
     return 0
 
 

@@ -26,10 +26,12 @@ def workflow_config(*files: str) -> dict:
 
 
 def write_run(path: Path, config: dict, *, code: float, layers: int = 2, epochs: int | None = None,
-              complete: bool = True, steps_per_epoch: int = 2) -> Path:
+              complete: bool = True, steps_per_epoch: int = 2, angle: np.ndarray | None = None,
+              ortho_error: np.ndarray | None = None) -> Path:
     """A store at ``path`` for the run ``config``: ``test_top1`` ends at ``code``, ``angle`` is ``code`` in every
-    hidden layer; one layer per rule of a rule list, else ``layers`` hidden layers and the output; ``epochs``
-    recorded (default: the config's train.epochs), ``complete`` as given."""
+    hidden layer (or the ``[step, layer]`` array given), ``ortho_error`` 0 (or the ``[epoch, layer]`` array given);
+    one layer per rule of a rule list, else ``layers`` hidden layers and the output; ``epochs`` recorded (default:
+    the config's train.epochs), ``complete`` as given."""
     rules = config.get("rules", "gp")
     layers = len(rules) - 1 if isinstance(rules, list) else layers
     names = [f"dense{i + 1}" for i in range(layers)] + ["output"]
@@ -37,15 +39,18 @@ def write_run(path: Path, config: dict, *, code: float, layers: int = 2, epochs:
     rules = (rules + [rules[-1]] * len(names))[:len(names)]
     epochs = config.get("train", {}).get("epochs", 2) if epochs is None else epochs
     steps = epochs * steps_per_epoch
-    angle = np.full((steps, len(names)), float(code))
-    angle[:, -1] = 0.0
+    if angle is None:
+        angle = np.full((steps, len(names)), float(code))
+        angle[:, -1] = 0.0
+    if ortho_error is None:
+        ortho_error = np.zeros((epochs, len(names)))
     ds = xr.Dataset(
         {"angle": (("step", "layer"), angle), "loss": ("step", np.ones(steps)),
          "train_top1": ("epoch", np.linspace(code / 2, code, epochs)),
          "test_top1": ("epoch", np.linspace(code / 2, code, epochs)),
          "train_top5": ("epoch", np.ones(epochs)), "test_top5": ("epoch", np.ones(epochs)),
          "train_loss": ("epoch", np.ones(epochs)), "test_loss": ("epoch", np.ones(epochs)),
-         "ortho_error": (("epoch", "layer"), np.zeros((epochs, len(names)))),
+         "ortho_error": (("epoch", "layer"), ortho_error),
          "epoch_wall_s": ("epoch", np.ones(epochs))},
         coords={"step": np.arange(steps), "step_epoch": ("step", np.repeat(np.arange(1, epochs + 1),
                                                                             steps_per_epoch)),

@@ -7,7 +7,9 @@ import matplotlib.image
 import pytest
 
 from analysis import load_study
-from analysis.reproduction import main, regulariser_control, rows
+import numpy as np
+
+from analysis.reproduction import angle_and_orthogonality, main, orthogonality_markdown, regulariser_control, rows
 from tests.analysis.stores import write_run
 
 DEEP = {"network": {"preset": "cifar10_deep"}, "data": {"kind": "npz"}, "train": {"epochs": 2}}
@@ -45,6 +47,33 @@ def test_main_writes_the_numbers_and_a_figure_per_network(results, tmp_path):
     text = (out / "numbers.md").read_text()
     assert "## Study reproduce" in text and "| gp · cifar10_deep_noortho | 2 |" in text
     image = matplotlib.image.imread(out / "figures" / "layers_cifar10_deep.png")
+    assert image.shape[0] > 100 and image.std() > 0
+
+
+def test_the_angle_against_the_orthogonality_of_the_layers_above(tmp_path):
+    # one GP run: dense1 (not square: NaN error), dense2, dense3, output; 2 epochs of 2 recorded steps
+    error = np.array([[np.nan, 0.1, 0.2, 0.01], [np.nan, 0.3, 0.4, 0.02]])
+    angle = np.array([[6.0, 4.0, 1.0, 0.0], [8.0, 6.0, 1.0, 0.0], [20.0, 9.0, 2.0, 0.0], [30.0, 11.0, 2.0, 0.0]])
+    study = tmp_path / "reproduce"
+    write_run(study / "cifar10_deep" / "rule~gp" / "seed~0" / "run.zarr", {**DEEP, "rules": "gp"}, code=0.4,
+              layers=3, angle=angle, ortho_error=error)
+    write_run(study / "cifar10_deep" / "rule~bp" / "seed~0" / "run.zarr", {**DEEP, "rules": "bp"}, code=0.5,
+              layers=3, ortho_error=error)
+    points = angle_and_orthogonality(load_study(study))
+    assert set(points.rule) == {"gp"}  # BP's angle is 0 by definition: not a point of the relation
+    got = {(r.layer, r.epoch, "angle"): r.angle for r in points.itertuples()}
+    got.update({(r.layer, r.epoch, "above"): r.error_above for r in points.itertuples()})
+    # each layer: the mean of its epoch's recorded angles, and the summed error of every square layer above it
+    want = {("dense1", 1): (7.0, 0.31), ("dense2", 1): (5.0, 0.21), ("dense3", 1): (1.0, 0.01),
+            ("dense1", 2): (25.0, 0.72), ("dense2", 2): (10.0, 0.42), ("dense3", 2): (2.0, 0.02)}
+    assert got == pytest.approx({**{(*k, "angle"): a for k, (a, _) in want.items()},
+                                 **{(*k, "above"): e for k, (_, e) in want.items()}})
+    row = orthogonality_markdown(points).splitlines()[-1].split("|")
+    # last epoch: mean error above 0.3867, mean angle 12.33; the angle rises with the error above: rank correlation 1
+    assert [c.strip() for c in row[2:6]] == ["gp · cifar10_deep", "0.3867", "12.33", "1.00"]
+    assert main([str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    assert "### GP's angle and the orthogonality of the layers above" in (tmp_path / "report" / "numbers.md").read_text()
+    image = matplotlib.image.imread(tmp_path / "report" / "figures" / "orthogonality_cifar10_deep.png")
     assert image.shape[0] > 100 and image.std() > 0
 
 
