@@ -28,8 +28,11 @@ def _check_count(name: str, value: object, *, low: int) -> int:
 
 def count_batches(ds: Dataset, batch_size: int, drop_last: bool = False) -> int:
     """Number of batches in one epoch of ``ds``: ``N // batch_size``, plus one for a short last batch kept."""
-    batch_size = _check_count("batch_size", batch_size, low=1)
-    n = len(ds)
+    return _batch_count(len(ds), _check_count("batch_size", batch_size, low=1), drop_last)
+
+
+def _batch_count(n: int, batch_size: int, drop_last: bool) -> int:
+    # the one place an epoch's batch count is computed (from checked arguments)
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
@@ -72,7 +75,7 @@ def epoch_batches(
     rank = _check_count("rank", rank, low=0)
     if rank >= world_size:
         raise DataError(f"rank {rank} is not below the world size {world_size}")
-    total = n // batch_size if drop_last else -(-n // batch_size)
+    total = _batch_count(n, batch_size, drop_last)
     if start_batch > total:
         raise DataError(f"start_batch {start_batch} is past the end of the epoch ({total} batches of {batch_size})")
     order = epoch_order(n, seed=seed, epoch=epoch, shuffle=shuffle)
