@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -182,8 +183,8 @@ def orthogonality_figures(ds: xr.Dataset, points: pd.DataFrame):
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, title="rule · experiment", title_fontsize=7)
         hidden = f"; {len(here) - len(drawn)} at 0 not drawn" if len(drawn) < len(here) else ""
-        ax.set_title(f"{network.split(' on ')[0]}: GP's angle to BP against orthogonality\n(a point per "
-                     f"hidden layer and epoch{hidden})", fontsize=9)
+        title = textwrap.fill(f"{network.split(' on ')[0]}: GP's angle to BP against orthogonality", width=70)
+        ax.set_title(f"{title}\n(a point per hidden layer and epoch{hidden})", fontsize=9)
         figs[re.sub(r"[^A-Za-z0-9_.=-]+", "_", network.split(" on ")[0]).strip("_")] = fig
     return figs
 
