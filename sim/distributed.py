@@ -196,13 +196,23 @@ class Group:
         return BatchPart(start, start + rows, sum(counts))
 
     def check_batches(self, samples: int, batch_size: int, drop_last: bool,
-                      evaluated: dict[str, int] | None = None, eval_batch_size: int | None = None) -> None:
+                      evaluated: dict[str, int] | None = None, eval_batch_size: int | None = None,
+                      skips_bad_images: bool = False) -> None:
         """Refuse a batch with fewer samples than processes (some process's part would be empty): a training batch
         (``batch_size`` below the number of processes, or the epoch's short last batch), where a step is not
-        defined on no samples, or the last batch of an evaluated split (``evaluated``: samples by split name), which
-        a streaming loader cannot read as an empty part."""
+        defined on no samples, or an evaluation batch (``eval_batch_size`` below the number of processes, or the
+        last batch of an evaluated split; ``evaluated``: samples by split name), which a streaming loader cannot
+        read as an empty part. ``skips_bad_images`` (``data.on_bad_image: skip``) is refused too: a process whose
+        part of a batch held only undecodable files would leave that batch out alone and fall out of step with the
+        others."""
         if self.world == 1:
             return
+        if skips_bad_images:
+            raise ConfigError(f"data.on_bad_image 'skip' cannot be used in a data-parallel run ({self.world} "
+                              "processes): a process whose part of a batch holds only undecodable files would leave "
+                              "that batch out alone and wait for the others at a different step. Use on_bad_image: "
+                              "error (it names each undecodable file, to remove), or run one process",
+                              key="data.on_bad_image")
         if batch_size < self.world:
             raise ConfigError(f"train.batch_size {batch_size} is smaller than the {self.world} processes of this "
                               "data-parallel run: every process needs at least one sample of each batch. Start at "
@@ -214,6 +224,10 @@ class Group:
                               "data-parallel run: every process needs at least one sample of each batch. Set "
                               f"train.drop_last: true, start at most {last} processes, or change train.batch_size",
                               key="train.drop_last")
+        if evaluated and eval_batch_size < self.world:
+            raise ConfigError(f"train.eval_batch_size {eval_batch_size} is smaller than the {self.world} processes of "
+                              "this data-parallel run, each of which evaluates its part of every evaluation batch; "
+                              f"set train.eval_batch_size to at least {self.world}", key="train.eval_batch_size")
         for split, count in (evaluated or {}).items():
             last = count % eval_batch_size
             if 0 < last < self.world:
@@ -371,8 +385,9 @@ class Group:
 
     # ----- summing (data plane) -----------------------------------------------------------------------------------
     def sum_(self, tensors: list[torch.Tensor], what: str = "summing over the processes") -> None:
-        """Replace every tensor by its sum over the processes, in place: one all-reduce per dtype and device (NCCL
-        on GPUs, gloo on the CPU) of the tensors flattened into one buffer."""
+        """Replace every tensor by its sum over the processes, in place: one all-reduce per dtype and device of the
+        tensors flattened into one buffer, GPU tensors over the run's backend (NCCL), CPU tensors over the gloo
+        control group (NCCL cannot reduce them; a plugin rule's sums may live on the CPU)."""
         if self.world == 1 or not tensors:
             return
         import torch
@@ -381,9 +396,10 @@ class Group:
         by_kind: dict[tuple, list[torch.Tensor]] = {}
         for t in tensors:
             by_kind.setdefault((t.dtype, t.device), []).append(t)
-        for group in by_kind.values():
+        for (_, device), group in by_kind.items():
             flat = torch.cat([t.reshape(-1) for t in group])
-            self._call(lambda flat=flat: dist.all_reduce(flat, op=dist.ReduceOp.SUM), what)
+            over = self._control if device.type == "cpu" else None  # None: the default group, the run's backend
+            self._call(lambda flat=flat, over=over: dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=over), what)
             for t, chunk in zip(group, flat.split([t.numel() for t in group])):
                 t.copy_(chunk.view_as(t))
 

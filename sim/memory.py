@@ -153,7 +153,7 @@ def batch_fit(peak_at: Callable[[int], int], batch: int, available: int, *, prob
     return BatchFit(batch, need, available, fixed, per_sample, largest)
 
 
-def check_batch_fits(cfg, *, batch: int | None = None, available: int | None = None, peak: PeakFn | None = None
+def check_batch_fits(cfg, *, processes: int = 1, available: int | None = None, peak: PeakFn | None = None
                      ) -> None:
     """Refuse (ConfigError) a per-process training batch or evaluation batch that does not fit the run's CUDA
     device, before the first step (see the module docstring); on a CPU return at once.
@@ -161,25 +161,28 @@ def check_batch_fits(cfg, *, batch: int | None = None, available: int | None = N
     Args:
         cfg: the run's :class:`~sim.config.RunConfig` (network, ``train.device``, ``batch_size``,
             ``eval_batch_size``).
-        batch: this process's training batch (default ``train.batch_size``; a data-parallel run passes its share).
+        processes: the processes of a data-parallel run; each computes its share (``ceil(B / processes)``) of every
+            training and evaluation batch, and the largest batch the message suggests is the global one.
         available, peak: the free bytes and the peak function; measured on the device when not given (tests pass
             both to check the arithmetic and the message without a GPU).
     """
     device = torch.device(cfg.train.device)
     if peak is None and device.type != "cuda":
         return
-    batch = cfg.train.batch_size if batch is None else batch
-    checks = (("train", batch, "train.batch_size"), ("eval", cfg.train.eval_batch_size, "train.eval_batch_size"))
+    checks = (("train", cfg.train.batch_size, "train.batch_size"),
+              ("eval", cfg.train.eval_batch_size, "train.eval_batch_size"))
     with _measured(cfg, device, available, peak) as (have, peak_fn):
         for kind, size, key in checks:  # 'train' first: its first step creates Adam's moments, which 'eval' keeps
-            fit = batch_fit(lambda b, kind=kind: peak_fn(kind, b), size, have)
+            fit = batch_fit(lambda b, kind=kind: peak_fn(kind, b), -(-size // processes), have)
             if not fit.fits:
-                raise ConfigError.at(key, _no_fit_message(fit, kind, device))
+                raise ConfigError.at(key, _no_fit_message(fit, kind, device, processes))
 
 
-def _no_fit_message(fit: BatchFit, kind: str, device: torch.device) -> str:
+def _no_fit_message(fit: BatchFit, kind: str, device: torch.device, processes: int = 1) -> str:
     what = "a training step" if kind == "train" else "an evaluation pass"
-    largest = (f"the largest batch that fits is about {fit.largest}: set it to {fit.largest} or less"
+    per = f" ({processes} processes share each batch)" if processes > 1 else ""
+    largest = fit.largest * processes  # the setting is the global batch; each process computes its share
+    largest = (f"the largest batch that fits is about {largest}{per}: set it to {largest} or less"
                if fit.largest >= 1 else "not even a batch of 1 fits: use a smaller network or a larger device")
     return (f"{fit.batch} samples per process do not fit on {device}: {what} would need about {_size(fit.need)} "
             f"({_size(fit.fixed)} + {_size(fit.per_sample)} per sample, measured at batches up to "

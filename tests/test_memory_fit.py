@@ -53,8 +53,29 @@ def test_a_batch_that_does_not_fit_is_refused_naming_the_key_the_memory_and_the_
     assert msg.startswith("train.batch_size: 256 samples per process do not fit on cuda: a training step would need "
                           "about 2.6 GiB")
     assert "but 1 GiB is free there" in msg and "the largest batch that fits is about 82" in msg
-    # a data-parallel process passes its share of the global batch
-    check_batch_fits(cfg, batch=64, available=1024 * MIB, peak=peak)
+    # 4 processes compute 64 samples each: that fits
+    check_batch_fits(cfg, processes=4, available=1024 * MIB, peak=peak)
+
+
+def test_a_data_parallel_run_checks_each_process_share_and_suggests_the_global_batch(tiny_config):
+    cfg = load_config(tiny_config(train={"batch_size": 1024, "eval_batch_size": 1024, "device": "cuda"}))
+    asked = []
+
+    def peak(kind, b):
+        asked.append((kind, b))
+        return linear(100, 10 if kind == "train" else 1)(b)
+
+    with pytest.raises(ConfigError) as info:  # 1024 / 8 = 128 samples per process: 1380 MiB of a 1 GiB device
+        check_batch_fits(cfg, processes=8, available=1024 * MIB, peak=peak)
+    msg = str(info.value)
+    assert info.value.key == "train.batch_size" and msg.startswith("train.batch_size: 128 samples per process")
+    # 82 per process fit (as above), so the global batch to set is 8 x 82
+    assert "the largest batch that fits is about 656 (8 processes share each batch): set it to 656 or less" in msg
+    # the evaluation too is each process's share: 1024 / 8 = 128 samples need 228 MiB, which fits
+    cfg = load_config(tiny_config(train={"batch_size": 256, "eval_batch_size": 1024, "device": "cuda"}))
+    asked.clear()
+    check_batch_fits(cfg, processes=8, available=1024 * MIB, peak=peak)
+    assert max(b for kind, b in asked if kind == "eval") <= 128
 
 
 def test_the_evaluation_batch_is_checked_too(tiny_config):

@@ -73,9 +73,10 @@ def train(cfg: RunConfig, out: Path, *, progress: bool, resume: bool, keep_diver
         sched = build_scheduler(cfg, net, par)
         data = load_data(cfg, net, shard=par.shard)
         par.check_batches(len(data.train), cfg.train.batch_size, cfg.train.drop_last,
-                          {"train": len(data.eval_train), "test": len(data.test)}, cfg.train.eval_batch_size)
+                          {"train": len(data.eval_train), "test": len(data.test)}, cfg.train.eval_batch_size,
+                          skips_bad_images=cfg.data.on_bad_image == "skip")
         # CUDA: a per-process batch that does not fit is refused with the largest that does
-        memory.check_batch_fits(cfg, batch=-(-cfg.train.batch_size // par.world))
+        memory.check_batch_fits(cfg, processes=par.world)
     n = data.steps_per_epoch
     checkpoint: ckpt_io.Checkpoint | None = None
     archive: RunArchive | None = None
@@ -201,7 +202,8 @@ def train_epoch(run: RunState, epoch: int, start: int, bar: tqdm | None) -> None
                 f"non-finite loss at step {step} in layer {net.names[-1]!r} (epoch {epoch}); "
                 "train.step.check_numerics is off, so this was noticed only at the end of the epoch",
                 step=step, layer=net.names[-1], quantity="loss"), epoch, start, end, unchecked=True)
-    rec.flush_steps(epoch, start, end, sched.step_count)
+    with par.agree(f"recording the steps of epoch {epoch}"):  # rank 0 writes: a failure there stops every process
+        rec.flush_steps(epoch, start, end, sched.step_count)
 
     # sharded like the training batches, the counts summed over the processes (one process: the whole splits)
     reduce = None if par.world == 1 else par.sum_

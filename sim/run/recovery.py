@@ -97,10 +97,12 @@ def restore(run: RunState, checkpoint: ckpt_io.Checkpoint) -> None:
     the rows it keeps (not yet committed)."""
     run.net.load_state_dict(checkpoint.network)
     run.sched.load_state_dict(checkpoint.scheduler)
-    # the learning rates are the config's (an allowed change on resume), scaled as the retries so far did
+    # the learning rates are the config's (an allowed change on resume), scaled as the retries so far did: every
+    # group's, the rules' own parameters too (kp's B learns at its rule's lr; were it left at the checkpoint's, B
+    # and W would take different steps and B - W would no longer shrink by the decay alone)
     scale = run.cfg.train.retry_lr_factor ** len(checkpoint.retries)
-    for group, rule in zip(run.sched.optimizer.param_groups, run.net.rules):
-        group["lr"] = rule.settings.lr * scale
+    for group, lr in zip(run.sched.optimizer.param_groups, run.sched.base_lrs):
+        group["lr"] = lr * scale
     torch.set_rng_state(checkpoint.torch_rng)
     ckpt_io.set_numpy_rng_state(checkpoint.numpy_rng)
     run.retries = list(checkpoint.retries)

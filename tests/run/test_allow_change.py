@@ -10,6 +10,7 @@ import pytest
 import torch
 import xarray as xr
 
+import sim.faults
 import sim.schedule
 from sim.cli import main as sim_main
 from sim.errors import ConfigError, NonFiniteError
@@ -97,3 +98,33 @@ def test_exploding_loss_is_warned_about(tmp_path, tiny_config, one_thread):
         pass
     log = out.with_name("run.zarr.log").read_text()
     assert "the training loss exploded" in log and "bp lr 1000" in log, log[-2000:]
+
+
+def test_a_changed_lr_reaches_the_rules_own_parameters(tmp_path, tiny_config, one_thread, monkeypatch):
+    """kp's feedback matrices B learn at the rule's lr: a resume with another lr sets it for B's Adam group too."""
+    record = {"angle_every": 0, "checkpoint_every": 1, "probe_epochs": [0]}
+    out = tmp_path / "run.zarr"
+    original = sim.schedule.Scheduler.train_step
+    epochs = []
+    monkeypatch.setattr(sim.faults, "hit", lambda site: epochs.append(site) if site == "train.epoch" else None)
+
+    def stopped_in_epoch_2(self, x, y):  # epoch 1 recorded and checkpointed: stop at epoch 2's first step
+        if epochs:
+            raise KeyboardInterrupt
+        return original(self, x, y)
+
+    first = tiny_config(rules="kp", settings={"kp": {"lr": 1e-2}}, train={"epochs": 2}, record=record)
+    monkeypatch.setattr(sim.schedule.Scheduler, "train_step", stopped_in_epoch_2)
+    with pytest.raises(BaseException):
+        run(first, out, progress=False)
+    lrs = []
+
+    def train_step(self, x, y):
+        lrs.append({g["name"]: g["lr"] for g in self.optimizer.param_groups})
+        return original(self, x, y)
+
+    monkeypatch.setattr(sim.schedule.Scheduler, "train_step", train_step)
+    run(tiny_config(rules="kp", settings={"kp": {"lr": 1e-3}}, train={"epochs": 2}, record=record), out,
+        resume=True, progress=False, allow_change=("settings.kp.lr",))
+    assert lrs and any(name.endswith(".feedback") for name in lrs[0])
+    assert all(lr == 1e-3 for step in lrs for lr in step.values()), lrs[0]

@@ -115,7 +115,18 @@ def test_batches_with_fewer_samples_than_processes_are_refused():
     with pytest.raises(ConfigError, match="last evaluation batch of the test split holds 2 of its 1026") as exc:
         group.check_batches(100, 32, drop_last=False, evaluated={"train": 100, "test": 1026}, eval_batch_size=1024)
     assert exc.value.key == "train.eval_batch_size"
-    SINGLE.check_batches(1, 32, drop_last=False)
+    # every evaluation batch has empty parts (a streaming loader would give those processes no batch at all)
+    with pytest.raises(ConfigError, match="train.eval_batch_size 2 is smaller than the 4 processes") as exc:
+        group.check_batches(100, 32, drop_last=False, evaluated={"train": 8, "test": 8}, eval_batch_size=2)
+    assert exc.value.key == "train.eval_batch_size"
+    SINGLE.check_batches(1, 32, drop_last=False, evaluated={"test": 8}, eval_batch_size=2, skips_bad_images=True)
+
+
+def test_skipping_bad_images_is_refused_in_a_data_parallel_run():
+    """A process whose part of a batch is all undecodable files would skip the batch alone and fall out of step."""
+    with pytest.raises(ConfigError, match="on_bad_image 'skip' cannot be used in a data-parallel run") as exc:
+        Group(rank=0, world=2).check_batches(100, 32, drop_last=False, skips_bad_images=True)
+    assert exc.value.key == "data.on_bad_image"
 
 
 def test_one_process_is_inert():
