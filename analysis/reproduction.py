@@ -37,6 +37,16 @@ STUDIES = ("reproduce", "reproduce_imagenet_sample")
 GP_FAMILY = ("gp", "vgp")
 
 
+def _network(panel) -> str:
+    """The panel's network and data ('cifar10_deep on npz'): its title's first line."""
+    return panel.title.split("\n")[0]
+
+
+def _file_stem(network: str) -> str:
+    """The network part of ``network`` (without ' on <data>') as a file-name part: the figures' names."""
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", network.split(" on ")[0]).strip("_")
+
+
 def _hidden(line: Line) -> list[str]:
     """The layers below the output that this run group's network has."""
     has = line.runs.layer_rule.notnull().any([d for d in line.runs.layer_rule.dims if d != "layer"])
@@ -59,7 +69,7 @@ def rows(ds: xr.Dataset) -> pd.DataFrame:
             layers = _hidden(line)
             angle = runs.angle.sel(layer=layers)
             last = angle.where(_last_epoch_steps(line))
-            row = {"network": panel.title.split("\n")[0], "rule": line.rule, "experiment": line.experiment,
+            row = {"network": _network(panel), "rule": line.rule, "experiment": line.experiment,
                    "epochs": int(np.isfinite(runs[f"test_{metric}"]).sum("epoch").min()),
                    "unfinished": bool(line.unfinished), "metric": metric,
                    "train": float(final(runs[f"train_{metric}"]).mean()),
@@ -137,7 +147,7 @@ def angle_and_orthogonality(ds: xr.Dataset) -> pd.DataFrame:
                               .mean("seed", skipna=True))
                     e = float(path.sel(epoch=epoch))
                     if np.isfinite(a) and np.isfinite(e):
-                        out.append({"network": panel.title.split("\n")[0], "rule": line.rule,
+                        out.append({"network": _network(panel), "rule": line.rule,
                                     "experiment": line.experiment, "layer": layer, "epoch": int(epoch),
                                     "angle": a, "error_above": e})
     return pd.DataFrame(out, columns=["network", "rule", "experiment", "layer", "epoch", "angle", "error_above"])
@@ -163,7 +173,7 @@ def orthogonality_figures(ds: xr.Dataset, points: pd.DataFrame):
 
     figs = {}
     for panel in panels(ds):
-        network = panel.title.split("\n")[0]
+        network = _network(panel)
         here = points[points.network == network]
         # a log-log plot has no place for 0 (an exactly orthogonal stack above, or an angle of 0): counted, not drawn
         drawn = here[(here.angle > 0) & (here.error_above > 0)]
@@ -185,7 +195,7 @@ def orthogonality_figures(ds: xr.Dataset, points: pd.DataFrame):
         hidden = f"; {len(here) - len(drawn)} at 0 not drawn" if len(drawn) < len(here) else ""
         title = textwrap.fill(f"{network.split(' on ')[0]}: GP's angle to BP against orthogonality", width=70)
         ax.set_title(f"{title}\n(a point per hidden layer and epoch{hidden})", fontsize=9)
-        figs[re.sub(r"[^A-Za-z0-9_.=-]+", "_", network.split(" on ")[0]).strip("_")] = fig
+        figs[_file_stem(network)] = fig
     return figs
 
 
@@ -214,10 +224,9 @@ def layers_over_training(ds: xr.Dataset, smooth: int = 0):
             _angle_axis(ax)
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False)
-        fig.suptitle(f"{panel.title.splitlines()[0]}: angle to BP per layer over training "
+        fig.suptitle(f"{_network(panel)}: angle to BP per layer over training "
                      "(rolling mean over one epoch of recorded steps)", fontsize=10)
-        network = panel.title.split("\n")[0].split(" on ")[0]
-        figs[re.sub(r"[^A-Za-z0-9_.=-]+", "_", network).strip("_")] = fig
+        figs[_file_stem(_network(panel))] = fig
     return figs
 
 
