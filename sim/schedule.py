@@ -249,6 +249,22 @@ def feedback_phase(net: Network, fp: ForwardPass, messages: list[Message], updat
     return out
 
 
+def _check_regulariser_alone(net: Network) -> None:
+    """Refuse a "regulariser alone" run (``task_updates=False``) in which the regulariser would move nothing, or in
+    which a rule's weight decay would move the weights beside it."""
+    decaying = sorted({rule.name for rule in net.rules if rule.settings.decay > 0})
+    if decaying:
+        raise ConfigError(f"train.task_updates: false applies the orthogonality regulariser alone, but rule(s) "
+                          f"{', '.join(decaying)} also set a weight decay, which would move the weights too; set "
+                          f"settings.{decaying[0]}.decay: 0 for this control", key="train.task_updates")
+    if not any(rule.settings.ortho_lambda > 0 and layer.square_weight() is not None
+               for layer, rule in zip(net.layers, net.rules)):
+        raise ConfigError("train.task_updates: false applies the orthogonality regulariser alone, but no layer is "
+                          "regularised (ortho_lambda > 0 on a layer whose weight matrix is square), so no weight "
+                          "would ever change; give the rule of a square layer an ortho_lambda, e.g. "
+                          "settings.gp.ortho_lambda: 100", key="train.task_updates")
+
+
 class Scheduler:
     """Orchestrates the phases of training a :class:`Network` and owns its optimiser and noise generator.
 
@@ -264,11 +280,16 @@ class Scheduler:
     """
 
     def __init__(self, net: Network, noise: NoiseFloor | None = None, seed: int = 0,
-                 options: StepOptions = DEFAULT_STEP, parallel: Group | None = None) -> None:
+                 options: StepOptions = DEFAULT_STEP, parallel: Group | None = None, task_updates: bool = True
+                 ) -> None:
         if not isinstance(options, StepOptions):
             raise ConfigError(f"options must be a StepOptions, got {type(options).__name__}; build one with "
                               "sim.step_options.StepOptions(check_numerics=..., skip_aux=..., ...)")
+        if not task_updates:
+            _check_regulariser_alone(net)
         self.net = net
+        #: False: only the orthogonality regulariser's gradient is applied (the "regulariser alone" control)
+        self.task_updates = task_updates
         self.noise = noise or NoiseFloor()
         #: what a step computes and how (frozen)
         self.options = options
@@ -433,24 +454,28 @@ class Scheduler:
 
     @torch.no_grad()
     def apply(self, result: StepResult) -> None:
-        """Write raw update + regulariser gradient into ``.grad`` and take the Adam step."""
-        every = self.options.ortho_every
+        """Write raw update + regulariser gradient into ``.grad`` and take the Adam step; without
+        :attr:`task_updates`, the regulariser gradient alone (nothing for the biases, the unregularised layers and
+        the rules' own parameters)."""
+        every, task = self.options.ortho_every, self.task_updates
         for layer, rule, upd in zip(self.net.layers, self.net.rules, result.updates):
-            grad_w = upd["weight"]
+            # without task updates a parameter gets no gradient at all (None, not zeros): Adam then leaves it and
+            # its moments alone, where a zero gradient would still move it by the decaying momentum
+            grad_w = upd["weight"] if task else None
             lam = rule.settings.ortho_lambda
             # every layer whose weight matrix is square, under any rule (square_weight: None where it is not)
             matrix = layer.square_weight() if lam > 0 and self.step_count % every == 0 else None
             if matrix is not None:
                 reg = regularizer.gradient(matrix, lam * every, self.options.symmetric_gram)
-                reg = reg.reshape(grad_w.shape)
+                reg = reg.reshape(upd["weight"].shape)
                 # added into the fresh regulariser tensor (a + b == b + a bit for bit): the raw update in
                 # ``result`` stays untouched and no third weight-sized tensor is allocated
-                grad_w = reg.add_(grad_w)
+                grad_w = reg if grad_w is None else reg.add_(grad_w)
             layer.weight.grad = grad_w
-            layer.bias.grad = upd["bias"]
+            layer.bias.grad = upd["bias"] if task else None
         for rule, fb in zip(self.net.rules, result.feedback_updates):
             for name, grad in fb.items():
-                rule.get_parameter(name).grad = grad
+                rule.get_parameter(name).grad = grad if task else None
         self.optimizer.step()
         for layer, rule in zip(self.net.layers, self.net.rules):
             rule.after_step(layer)

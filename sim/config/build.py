@@ -26,4 +26,5 @@ def build_scheduler(cfg: RunConfig, net: Network, parallel: Group | None = None)
     """The run's :class:`Scheduler`: one Adam group per layer with its rule's settings, the noise floors, the
     noise generator seeded from ``train.seed``, and the step options ``train.step``; ``parallel``: the processes of
     a data-parallel run (:mod:`sim.distributed`), whose parts of each batch a step sums."""
-    return Scheduler(net, noise=cfg.noise, seed=cfg.train.seed, options=cfg.train.step, parallel=parallel)
+    return Scheduler(net, noise=cfg.noise, seed=cfg.train.seed, options=cfg.train.step, parallel=parallel,
+                     task_updates=cfg.train.task_updates)

@@ -97,6 +97,14 @@ class TrainSection:
     """'retry': the factor each retry multiplies every learning rate by (0 < factor < 1)."""
     max_retries: int = 3
     """'retry': retries allowed over the whole run before it stops as with 'stop'."""
+    task_updates: bool = True
+    """Apply the rules' updates. False: the paper's "regulariser alone" control: every step still computes the raw
+    updates (and the angles to BP are measured from them), but only the orthogonality regulariser's gradient reaches
+    Adam, so only regularised square weights move (:meth:`sim.schedule.Scheduler.apply`)."""
+    init_from: str | None = None
+    """A run store (finished or not) whose newest intact checkpoint's forward weights and biases start this run
+    instead of the initialisation (:mod:`sim.run.init_from`); the rules' own state, Adam's moments, the noise and the
+    data order are this run's own. Read once, at the start; a resumed run continues from its own checkpoint."""
 
 
 @dataclass(frozen=True)

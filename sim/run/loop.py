@@ -17,6 +17,7 @@ together; with one process these are no-ops.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -34,6 +35,7 @@ from sim.errors import NonFiniteError, SingularLayerError
 from sim.network import Network
 from sim.run import provenance, recovery, store
 from sim.run.data import RunData, evaluation_batches, load_data
+from sim.run.init_from import check_not_own_store, load_initial_weights
 from sim.run.log import log
 from sim.run.recorder import Recorder
 from sim.run.recovery import StepFailure
@@ -87,11 +89,16 @@ def train(cfg: RunConfig, out: Path, *, progress: bool, resume: bool, keep_diver
     checkpoint = par.share_checkpoint(checkpoint)  # rank 0's (None: start over), on every process
     where = f"{net.device}" + (f" x {par.world} processes" if par.world > 1 else "")
     if checkpoint is None:
+        with par.agree("taking the initial weights"):  # still before the store is touched
+            initial = {}
+            if cfg.train.init_from is not None:
+                check_not_own_store(cfg.train.init_from, out)
+                initial = {"init_from": json.dumps(load_initial_weights(net, cfg.train.init_from))}
         with par.agree("creating the run store"):
             if par.writes:
                 archive = store.create(out, cfg, net, steps_per_epoch=n, resume=resume, world_size=par.world,
                                        probe_labels=None if data.probe is None else data.probe[1].cpu().numpy(),
-                                       attrs={"train_eval_samples": len(data.eval_train)})
+                                       attrs={"train_eval_samples": len(data.eval_train), **initial})
             run = RunState(cfg, out, net, sched, data, Recorder(archive, net, data.probe, n, cfg.train.step.checks),
                            par=par)
             log.info(f"run {cfg.name!r}: {cfg.train.epochs} epochs of {n} steps, rules {','.join(net.rule_names)}, "

@@ -67,10 +67,15 @@ def _declared_settings_only(doc: dict) -> dict:
 CHANGEABLE = ("settings.*.lr", "train.on_nonfinite", "train.max_retries", "train.retry_lr_factor")
 
 
+#: keys added to the run config after stores were first written, with the value every store written before them
+#: ran with: such a store still resumes under a config that leaves them at that value
+ADDED_LATER = {"train.task_updates": True}
+
+
 def config_changes(stored_json: str, cfg: RunConfig) -> dict[str, tuple[object, object]]:
     """``{key: (old, new)}`` for every setting in which ``cfg`` differs from the stored config, ``train.device``
     (a runtime setting) excepted; empty when they are the same run."""
-    old = _flat(_declared_settings_only(json.loads(stored_json)))
+    old = {**ADDED_LATER, **_flat(_declared_settings_only(json.loads(stored_json)))}
     new = _flat(json.loads(cfg.to_json()))
     return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
             if k != "train.device" and old.get(k) != new.get(k)}

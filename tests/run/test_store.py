@@ -6,6 +6,7 @@ a crashed run resumes to the archive of an uninterrupted one. (Kills, torn files
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -232,3 +233,16 @@ def test_an_empty_output_folder_counts_as_no_store(tmp_path, tiny_config):
     (tmp_path / "x.zarr").mkdir()
     doc = tiny_config(data=SMALL, train={"epochs": 1}, record={"probe_epochs": [1]})
     assert open_run(run(doc, tmp_path / "x.zarr", progress=False)).attrs["complete"] is True
+
+
+def test_a_store_written_before_a_key_existed_resumes_at_its_old_value(tiny_config):
+    """A config stored before ``train.task_updates`` existed ran with the task updates: it is the same run as one
+    that leaves the key at true, and a different run from one that sets it false."""
+    from sim.config import load_config
+
+    cfg = load_config(tiny_config())
+    stored = json.loads(cfg.to_json())
+    del stored["train"]["task_updates"]
+    assert run_store.config_changes(json.dumps(stored), cfg) == {}
+    alone = load_config(tiny_config(train={"epochs": 2, "batch_size": 32, "seed": 0, "task_updates": False}))
+    assert run_store.config_changes(json.dumps(stored), alone) == {"train.task_updates": (True, False)}
