@@ -8,7 +8,9 @@ every selected study, every run is
       <- the dataset's workflow-wide settings (``imagenet_path``, ``cifar10``, ``imagenet_sample``)
       <- the study's ``set``  <- the study's ``set_by_rule[rule]``
       <- the experiment's ``set``  <- the experiment's ``set_by_rule[rule]``
-      <- the sweep point's values  <- the rules  <- the seed  <- the workflow-wide ``epochs`` (when set)
+      <- the sweep point's values  <- the rules  <- the workflow-wide ``epochs`` (when set)  <- the seed
+      <- the experiment's ``init_from``: ``train.init_from``, the store of that experiment's run of the same rule,
+         seed and sweep point (:func:`check_init_from`; the workflow trains it first)
 
 merged key by key (:func:`deep_merge`: mappings merge, everything else replaces; an experiment's ``rule_settings``
 go under ``settings.<rule>`` of every rule a run uses, after its ``set``), over the product
@@ -350,6 +352,9 @@ def expand_study(config: dict, study: str, repo: Path, *, validate: bool = True,
                 doc = with_epochs(doc, config.get("epochs"))
                 for seed in spec.get("seeds", [0]):
                     run_doc = set_key(doc, "train.seed", seed)
+                    if exp.get("init_from"):
+                        source = "/".join([exp["init_from"], *folders])
+                        run_doc = set_key(run_doc, "train.init_from", Run(study, source, label, seed, {}).store)
                     run_doc["name"] = f"{study}/{experiment}/rule~{label}/seed~{seed}"
                     if validate:
                         point = f" at sweep point {'/'.join(folders)}" if folders else ""
@@ -358,7 +363,35 @@ def expand_study(config: dict, study: str, repo: Path, *, validate: bool = True,
                     runs.append(Run(study, experiment, label, seed, run_doc, gpus))
     if not runs:
         raise ConfigError.at(f"studies.{study}", "has no runs left (see the notes above)")
+    check_init_from(spec, study, runs)
     return runs
+
+
+def check_init_from(spec: dict, study: str, runs: list[Run]) -> None:
+    """Refuse an experiment's ``init_from`` that names no other experiment of the study, that leads back to itself
+    (a cycle no workflow can order), or whose runs lack a source: the run of the same rule, seed and sweep point."""
+    experiments = spec["experiments"]
+    for name, exp in experiments.items():
+        where = f"studies.{study}.experiments.{name}.init_from"
+        source, seen = exp.get("init_from"), [name]
+        while source:
+            if source not in experiments:
+                raise ConfigError.at(where, f"{source!r} is not an experiment of study {study!r} (its experiments: "
+                                            f"{', '.join(experiments)}){_suggest(source, list(experiments))}")
+            if source in seen:
+                raise ConfigError.at(where, f"starting from {' -> '.join([*seen, source])} goes round in a circle; "
+                                            "an experiment must start from one that trains from scratch")
+            seen.append(source)
+            source = experiments[source].get("init_from")
+    stores = {r.store for r in runs}
+    missing = [(r, r.config["train"]["init_from"]) for r in runs
+               if experiments[r.experiment.split("/")[0]].get("init_from")
+               and r.config["train"]["init_from"] not in stores]
+    if missing:
+        run, store = missing[0]
+        raise ConfigError.at(f"studies.{study}.experiments.{run.experiment.split('/')[0]}.init_from",
+                             f"{len(missing)} run(s) have no run to start from, e.g. {run.folder} needs {store}: "
+                             "the experiment it starts from must train the same rules, seeds and sweep points")
 
 
 def expand(config: dict, repo: Path, *, validate: bool = True, note: Callable[[str], None] | None = None

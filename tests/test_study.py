@@ -376,15 +376,15 @@ def test_mixing_refuses_an_unregistered_rule():
 
 
 # the reproduce grid per network: the paper's 4 rules + BP/FA with the regulariser + GP without it + GP float32
-# target form + vGP/GP float32 difference form
-REPRODUCE = {"": 4, "_ortho": 2, "_noortho": 1, "_f32target": 1, "_f32diff": 2}
+# target form + vGP/GP float32 difference form + GP's regulariser alone, from GP trained without it
+REPRODUCE = {"": 4, "_ortho": 2, "_noortho": 1, "_f32target": 1, "_f32diff": 2, "_regalone": 1}
 
 
 @pytest.mark.parametrize(("study", "nets"), [("reproduce", ("cifar10_shallow", "cifar10_deep")),
                                               ("reproduce_digits", ("digits_shallow", "digits_deep"))])
 def test_reproduce_study_is_the_paper_grid_and_its_controls(study, nets):
     runs = expand(workflow_config("reproduce", study=study, cifar10={"kind": "npz", "path": "/d"}), REPO)
-    assert len(runs) == 2 * sum(REPRODUCE.values()) == 20
+    assert len(runs) == 2 * sum(REPRODUCE.values()) == 22
     assert {r.experiment for r in runs} == {f"{net}{suffix}" for net in nets for suffix in REPRODUCE}
     by = {(r.experiment, r.label): r.config for r in runs}
     for net in nets:
@@ -403,6 +403,10 @@ def test_reproduce_study_is_the_paper_grid_and_its_controls(study, nets):
         for rule in ("vgp", "gp"):
             diff = by[(f"{net}_f32diff", rule)]
             assert diff["train"]["dtype"] == "float32" and diff["settings"][rule]["arithmetic"] == "difference"
+        alone = by[(f"{net}_regalone", "gp")]
+        assert alone["train"]["task_updates"] is False and alone["settings"]["gp"].get("ortho_lambda", 100) == 100
+        assert alone["train"]["init_from"] == f"results/{study}/{net}_noortho/rule~gp/seed~0/run.zarr"
+        assert alone["train"]["dtype"] == "float64" and alone["settings"]["gp"]["arithmetic"] == "target"
     if study == "reproduce":
         assert all(c["train"]["epochs"] == 200 and c["data"]["kind"] == "npz" for c in by.values())
 
@@ -425,3 +429,34 @@ def test_zoo_and_reproduce_runs_pass_the_complete_check(name, study):
     """Beyond the schema: every rule fits the network it is put on (check_runs, as the study's first job)."""
     runs = expand(workflow_config(name, study=study, cifar10={"kind": "npz", "path": "/d"}), REPO)
     assert len(check_runs({r.folder: r.config for r in runs})) == len(runs)
+
+
+def init_study(experiments: dict) -> dict:
+    """A workflow config with the one study 'init' of these experiments on the shallow digits net."""
+    base = {"run": "configs/digits_shallow_{rule}.yaml", "rules": ["gp"]}
+    return workflow_config(study="init", studies={"init": {"seeds": [0, 1], "experiments": {
+        name: {**base, **exp} for name, exp in experiments.items()}}})
+
+
+def test_init_from_starts_each_run_from_its_twin_in_the_other_experiment():
+    runs = expand(init_study({"a": {"sweep": {"lr": {"path": "settings.gp.lr", "values": [1e-3, 2e-3]}}},
+                              "b": {"init_from": "a", "set": {"train": {"task_updates": False}},
+                                    "sweep": {"lr": {"path": "settings.gp.lr", "values": [1e-3, 2e-3]}}}}), REPO)
+    stores = {r.store for r in runs}
+    starts = {r.folder: r.config["train"].get("init_from") for r in runs}
+    assert starts["results/init/b/lr~0.002/rule~gp/seed~1"] == "results/init/a/lr~0.002/rule~gp/seed~1/run.zarr"
+    assert all(s in stores for f, s in starts.items() if f.startswith("results/init/b/"))
+    assert all(s is None for f, s in starts.items() if f.startswith("results/init/a/"))
+
+
+@pytest.mark.parametrize(("experiments", "message"), [
+    ({"a": {}, "b": {"init_from": "aa"}}, r"b\.init_from: 'aa' is not an experiment of study 'init'.*did you mean 'a'"),
+    ({"a": {"init_from": "b"}, "b": {"init_from": "a"}}, r"a\.init_from: starting from a -> b -> a goes round"),
+    ({"a": {"init_from": "a"}}, r"a\.init_from: starting from a -> a goes round"),
+    ({"a": {}, "b": {"init_from": "a", "rules": ["gp", "bp"]}},
+     r"b\.init_from: 2 run\(s\) have no run to start from, e.g. results/init/b/rule~bp/seed~0 needs "
+     r"results/init/a/rule~bp/seed~0/run\.zarr"),
+])
+def test_init_from_without_a_source_is_refused(experiments, message):
+    with pytest.raises(ConfigError, match=message):
+        expand(init_study(experiments), REPO)

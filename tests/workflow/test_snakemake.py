@@ -224,14 +224,15 @@ def test_reproduce_study_dry_run_at_200_epochs_on_gpus(tmp_path):
     out = snakemake(tmp_path, "-n", "--configfile", config("reproduce"), "--config", "device=cuda",
                     "cifar10={kind: npz, path: /data/cifar10_npz}", "--resources", "gpu=4")
     assert out.returncode == 0, out.stdout
-    assert job_counts(out.stdout) == {"check_configs": 1, "run_config": 20, "run": 20, "figures": 1, "table": 1,
-                                      "all": 1, "total": 44}
+    assert job_counts(out.stdout) == {"check_configs": 1, "run_config": 22, "run": 22, "figures": 1, "table": 1,
+                                      "all": 1, "total": 48}
     assert "results/reproduce/cifar10_deep_f32target/rule~gp/seed~0/run.zarr" in out.stdout
 
 
 @pytest.mark.slow
 def test_reproduce_grid_on_digits_runs_end_to_end(tmp_path):
-    """The short CI variant: the same 20-run grid on the embedded digits, 1 epoch on 200 samples."""
+    """The short CI variant: the same 22-run grid on the embedded digits, 1 epoch on 200 samples; the
+    regulariser-alone runs start from the weights their no-regulariser runs ended with."""
     small = tmp_path / "small.yaml"
     small.write_text("studies:\n  reproduce_digits:\n    set:\n      data: {size: 200}\n"
                      "      record: {angle_every: 3, probe_size: 16, checkpoint_every: 0}\n")
@@ -240,7 +241,11 @@ def test_reproduce_grid_on_digits_runs_end_to_end(tmp_path):
     assert out.returncode == 0, out.stdout
     study = tmp_path / "results" / "reproduce_digits"
     stores = sorted(study.glob("*/rule~*/seed~0/run.zarr"))
-    assert len(stores) == 20
+    assert len(stores) == 22
+    source = study / "digits_deep_noortho" / "rule~gp" / "seed~0" / "run.zarr"
+    alone = open_store(study / "digits_deep_regalone" / "rule~gp" / "seed~0" / "run.zarr")
+    assert json.loads(alone.attrs["init_from"])["path"] == str(source.relative_to(tmp_path))
+    assert json.loads(alone.attrs["config"])["train"]["task_updates"] is False
     ds = open_store(study / "digits_deep_f32target" / "rule~gp" / "seed~0" / "run.zarr")
     assert ds.attrs["complete"] and ds.sizes["epoch"] >= 1
     assert (study / "figures" / "angle_layers.png").read_bytes()[:8] == PNG_SIGNATURE

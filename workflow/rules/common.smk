@@ -42,6 +42,13 @@ def run_config(wildcards) -> dict:
     return get_run(wildcards).config
 
 
+def run_init_from(wildcards) -> list[str]:
+    """The store a run starts from (train.init_from, e.g. set by its experiment's init_from): an input, so the
+    workflow trains it first and retrains this run when it changes."""
+    source = (get_run(wildcards).config.get("train") or {}).get("init_from")
+    return [source] if source else []
+
+
 def write_run_config(path: str, run: dict, log: str) -> None:
     """Rule run_config (in-process, no torch): the run's resolved config as an ordinary run config file."""
     write_config(path, run)

@@ -41,6 +41,7 @@ rule run_config:
 rule run:
     input:
         config=f"{RUN}/config.yaml",
+        init_from=run_init_from,
     output:
         store=directory(f"{RUN}/run.zarr"),
     log:
@@ -59,6 +60,7 @@ rule run:
 rule run_parallel:
     input:
         config=f"{RUN}/config.yaml",
+        init_from=run_init_from,
     output:
         store=directory(f"{RUN}/run.zarr"),
     log:
