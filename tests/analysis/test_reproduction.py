@@ -9,7 +9,8 @@ import pytest
 from analysis import load_study
 import numpy as np
 
-from analysis.reproduction import angle_and_orthogonality, main, orthogonality_markdown, regulariser_control, rows
+from analysis.reproduction import (angle_and_orthogonality, main, orthogonality_markdown, regulariser_alone_markdown,
+                                   regulariser_control, rows)
 from tests.analysis.stores import write_run
 
 DEEP = {"network": {"preset": "cifar10_deep"}, "data": {"kind": "npz"}, "train": {"epochs": 2}}
@@ -75,6 +76,32 @@ def test_the_angle_against_the_orthogonality_of_the_layers_above(tmp_path):
     assert "### GP's angle and the orthogonality of the layers above" in (tmp_path / "report" / "numbers.md").read_text()
     image = matplotlib.image.imread(tmp_path / "report" / "figures" / "orthogonality_cifar10_deep.png")
     assert image.shape[0] > 100 and image.std() > 0
+
+
+def test_the_regulariser_alone_table(tmp_path):
+    """GP under the regulariser alone starts from the no-regulariser run's weights: per layer, the angle at step 0,
+    in epoch 1 and in the last epoch, beside the error above at the start (the source's last epoch) and after each."""
+    study = tmp_path / "reproduce"
+    source_error = np.array([[np.nan, 0.1, 0.2, 0.05], [np.nan, 0.3, 0.4, 0.1]])
+    source_angle = np.array([[5.0, 4.0, 1.0, 0.0], [5.0, 4.0, 1.0, 0.0], [40.0, 30.0, 5.0, 0.0],
+                             [50.0, 30.0, 5.0, 0.0]])
+    write_run(study / "cifar10_deep_noortho" / "rule~gp" / "seed~0" / "run.zarr", {**DEEP, "rules": "gp"}, code=0.46,
+              layers=3, angle=source_angle, ortho_error=source_error)
+    error = np.array([[np.nan, 0.01, 0.02, 0.001], [np.nan, 0.001, 0.002, 0.0001]])
+    angle = np.array([[48.0, 29.0, 5.0, 0.0], [2.0, 1.0, 0.5, 0.0], [0.2, 0.1, 0.05, 0.0], [0.2, 0.1, 0.05, 0.0]])
+    write_run(study / "cifar10_deep_regalone" / "rule~gp" / "seed~0" / "run.zarr", {**DEEP, "rules": "gp"},
+              code=0.1, layers=3, angle=angle, ortho_error=error)
+    ds = load_study(study)
+    table = regulariser_alone_markdown(ds, angle_and_orthogonality(ds))
+    rows_ = {r.split("|")[2].strip(): [c.strip() for c in r.split("|")[3:9]] for r in table.splitlines()[2:]}
+    # dense1: step 0 48; epoch 1 mean (48 + 2) / 2; last epoch 0.2; error above (dense2 + dense3 + output): the
+    # source's last epoch 0.3 + 0.4 + 0.1, then 0.031 and 0.0031
+    assert rows_ == {"dense1": ["48.00", "25.000", "0.2000", "0.8000", "0.03100", "0.00310"],
+                     "dense2": ["29.00", "15.000", "0.1000", "0.5000", "0.02100", "0.00210"],
+                     "dense3": ["5.00", "2.750", "0.0500", "0.1000", "0.00100", "0.00010"]}
+    assert regulariser_alone_markdown(ds, angle_and_orthogonality(ds)[:0]) == ""  # no points: no table
+    assert main([str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    assert "### The regulariser alone" in (tmp_path / "report" / "numbers.md").read_text()
 
 
 def test_no_reproduce_study_is_a_clear_error(tmp_path, capsys):
