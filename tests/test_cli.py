@@ -76,3 +76,25 @@ def test_angles_builds_its_case_from_a_run_config(tmp_path, capsys):
     assert from_flags["angle_deg"] == pytest.approx(from_config["angle_deg"], abs=1e-3)
     assert cli(["angles", "--batch", "4"]) == 2
     assert "give --net and --rule, or a run config with --config" in capsys.readouterr().err
+
+
+def test_angles_at_the_trained_weights_of_a_run(tmp_path, capsys, tiny_config):
+    """``train.init_from`` in the config: the angles at another run's trained weights. GP trained without its
+    regulariser leaves orthogonality, and its angles to BP there are far from the orthogonal start's rounding."""
+    import yaml
+
+    from sim.run import run
+
+    doc = tiny_config(settings={"gp": {"lr": 1e-2, "ortho_lambda": 0}}, train={"epochs": 2, "batch_size": 32,
+                                                                                "seed": 0, "dtype": "float64"})
+    store = run(doc, tmp_path / "trained.zarr", progress=False)
+    doc["train"]["init_from"] = str(store)
+    path = tmp_path / "at_trained.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert cli(["angles", "--config", str(path), "--batch", "16", "--json"]) == 0
+    trained = json.loads(capsys.readouterr().out)["angle_deg"]
+    del doc["train"]["init_from"]
+    path.write_text(yaml.safe_dump(doc))
+    assert cli(["angles", "--config", str(path), "--batch", "16", "--json"]) == 0
+    start = json.loads(capsys.readouterr().out)["angle_deg"]
+    assert max(start) < 1e-6 and max(trained[:-1]) > 1.0

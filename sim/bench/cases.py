@@ -16,6 +16,7 @@ from sim.errors import ConfigError
 from sim.memory import check_fits
 from sim.presets import PRESETS, preset
 from sim.rules import get_rule
+from sim.run.init_from import load_initial_weights
 from sim.schedule import Scheduler
 from sim.step_options import NUMERICS_CHECKS
 
@@ -198,6 +199,8 @@ def build_case(opts: BenchOptions, case: Case, base: RunConfig | None = None
     cfg = case_config(base or base_config(opts), case)
     check_fits(cfg.network_config(), cfg.train.batch_size, cfg.train.device, "--batch, --width-mult or --image-size")
     net = build_network(cfg)
+    if cfg.train.init_from is not None:  # a trained network's weights (GP's inverses see its conditioning)
+        load_initial_weights(net, cfg.train.init_from)
     sched = build_scheduler(cfg, net)
     g = torch.Generator().manual_seed(cfg.train.seed)
     x = torch.rand((cfg.train.batch_size, *net.config.input_shape), generator=g, dtype=torch.float64)

@@ -26,6 +26,7 @@ from sim.errors import ConfigError
 from sim.memory import check_fits
 from sim.presets import PRESETS, preset, preset_options
 from sim.rules import RULES, get_rule, get_spec
+from sim.run.init_from import load_initial_weights
 
 help = "angle of each layer's update to BP's on one batch"
 
@@ -119,6 +120,8 @@ def main(args: argparse.Namespace) -> int:
         cfg = case_config(args, classes)
     check_fits(cfg.network_config(), args.batch, cfg.train.device, "--batch, --width-mult or --image-size")
     net = build_network(cfg)
+    if cfg.train.init_from is not None:  # the angles at another run's trained weights
+        load_initial_weights(net, cfg.train.init_from)
     seed = cfg.train.seed
     if x is None:
         g = torch.Generator().manual_seed(seed)

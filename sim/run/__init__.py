@@ -12,6 +12,7 @@ One module per concern:
 - :mod:`sim.run.loop`: the epoch loop, top to bottom;
 - :mod:`sim.run.recorder`: the per-epoch buffers and everything that goes into the archive;
 - :mod:`sim.run.recovery`: a failed step (stop or retry) and the resume point of a killed run;
+- :mod:`sim.run.init_from`: another run's trained weights as the start (``train.init_from``);
 - :mod:`sim.run.data`: the data, checked against the network; :mod:`sim.run.provenance`: commit, versions, times;
   :mod:`sim.run.log`: the log file and the progress-friendly stderr handler (logger ``sim.run``).
 
