@@ -41,13 +41,22 @@ GP_FAMILY = ("gp", "vgp")
 
 
 def _network(panel) -> str:
-    """The panel's network and data ('cifar10_deep on npz'): its title's first line."""
-    return panel.title.split("\n")[0]
+    """The panel's network and data, and its sweep point if the study has one: 'cifar10_deep on npz' or
+    'digits_deep on digits, eta=1e-07' (its title, on one line): what tells panels, table rows and figures apart."""
+    return ", ".join(panel.title.split("\n"))
+
+
+def _short(network: str) -> str:
+    """``network`` without its data: 'cifar10_deep', 'digits_deep, eta=1e-07'."""
+    name, _, rest = network.partition(" on ")
+    point = rest.partition(", ")[2]
+    return f"{name}, {point}" if point else name
 
 
 def _file_stem(network: str) -> str:
-    """The network part of ``network`` (without ' on <data>') as a file-name part: the figures' names."""
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", network.split(" on ")[0]).strip("_")
+    """``network`` (of :func:`_network`) as a file-name part, the figures' names: the network and the sweep point,
+    without the data ('cifar10_deep', 'digits_deep_eta=1e-07'), so no two panels of a study share a file."""
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", _short(network)).strip("_")
 
 
 def _hidden(line: Line) -> list[str]:
@@ -228,7 +237,7 @@ def orthogonality_figures(ds: xr.Dataset, points: pd.DataFrame):
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, title="rule · experiment", title_fontsize=7)
         hidden = f"; {len(here) - len(drawn)} at 0 not drawn" if len(drawn) < len(here) else ""
-        title = textwrap.fill(f"{network.split(' on ')[0]}: GP's angle to BP against orthogonality", width=70)
+        title = textwrap.fill(f"{_short(network)}: GP's angle to BP against orthogonality", width=70)
         ax.set_title(f"{title}\n(a point per hidden layer and epoch{hidden})", fontsize=9)
         figs[_file_stem(network)] = fig
     return figs

@@ -109,3 +109,22 @@ def test_no_reproduce_study_is_a_clear_error(tmp_path, capsys):
     assert "has none of reproduce/, reproduce_imagenet_sample/" in capsys.readouterr().err
     assert main([str(tmp_path), "--out", str(tmp_path / "o"), "--study", "zoo"]) == 2
     assert "has none of zoo/" in capsys.readouterr().err
+
+
+def test_each_sweep_point_gets_its_own_rows_and_figures(tmp_path):
+    """A study with sweep points (e.g. zoo_cifar10 with an lr sweep): one table and one figure per point, named by
+    it; before, the points' figures were written to one file, each over the last."""
+    study = tmp_path / "sweep"
+    for eta, code in (("1e-07", 0.4), ("0.001", 0.3)):
+        for rule in ("bp", "gp"):
+            write_run(study / "cifar10_deep" / f"eta~{eta}" / f"rule~{rule}" / "seed~0" / "run.zarr",
+                      {**DEEP, "rules": rule}, code=code if rule == "gp" else 0.5, layers=3)
+    assert main([str(tmp_path), "--out", str(tmp_path / "report"), "--study", "sweep"]) == 0
+    figures = sorted(p.name for p in (tmp_path / "report" / "figures").glob("layers_*.png"))
+    assert figures == ["layers_cifar10_deep_eta=0.001.png", "layers_cifar10_deep_eta=1e-07.png"]
+    numbers = (tmp_path / "report" / "numbers.md").read_text()
+    assert "### cifar10_deep on npz, eta=1e-07" in numbers and "### cifar10_deep on npz, eta=0.001" in numbers
+    table = rows(load_study(study))
+    assert sorted(zip(table.network, table.rule, table.test.round(2))) == [
+        ("cifar10_deep on npz, eta=0.001", "bp", 0.5), ("cifar10_deep on npz, eta=0.001", "gp", 0.3),
+        ("cifar10_deep on npz, eta=1e-07", "bp", 0.5), ("cifar10_deep on npz, eta=1e-07", "gp", 0.4)]
