@@ -119,9 +119,15 @@ def _progress(runs: xr.Dataset) -> str:
 
 
 def _shade(color: str, k: int) -> str:
-    """The k-th variant of a rule's colour in one panel: blended towards white (k = 0: the colour itself)."""
-    f = min(0.6, 0.3 * k)
-    return to_hex(tuple(c + (1 - c) * f for c in to_rgb(color)))
+    """The k-th variant of a rule's colour in one panel (k = 0: the colour itself): blended towards white for odd k
+    and towards black for even k, a step further every second variant, so the five variants of a rule in the
+    reproduce study's panels (GP and its four controls) get five distinct colours (blending towards white alone ran
+    out after two)."""
+    if k == 0:
+        return to_hex(to_rgb(color))
+    f = min(0.75, 0.3 * ((k + 1) // 2))
+    target = 1.0 if k % 2 else 0.0
+    return to_hex(tuple(c + (target - c) * f for c in to_rgb(color)))
 
 
 def _lines(runs: xr.Dataset) -> list[Line]:

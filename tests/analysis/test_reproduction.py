@@ -128,3 +128,11 @@ def test_each_sweep_point_gets_its_own_rows_and_figures(tmp_path):
     assert sorted(zip(table.network, table.rule, table.test.round(2))) == [
         ("cifar10_deep on npz, eta=0.001", "bp", 0.5), ("cifar10_deep on npz, eta=0.001", "gp", 0.3),
         ("cifar10_deep on npz, eta=1e-07", "bp", 0.5), ("cifar10_deep on npz, eta=1e-07", "gp", 0.4)]
+
+
+def test_a_rules_variants_in_one_panel_get_distinct_colours():
+    """GP and its four controls share a panel: five lines of one rule, five colours."""
+    from analysis.figures import _shade
+
+    shades = [_shade("#6a3d9a", k) for k in range(6)]
+    assert len(set(shades)) == 6 and shades[0] == "#6a3d9a"
