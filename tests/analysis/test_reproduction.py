@@ -4,13 +4,18 @@ the regulariser controls as test-accuracy differences, the per-layer figures, an
 from __future__ import annotations
 
 import matplotlib.image
+import numpy as np
 import pytest
 
 from analysis import load_study
-import numpy as np
-
-from analysis.reproduction import (angle_and_orthogonality, main, orthogonality_markdown, regulariser_alone_markdown,
-                                   regulariser_control, rows)
+from analysis.reproduction import (
+    angle_and_orthogonality,
+    main,
+    orthogonality_markdown,
+    regulariser_alone_markdown,
+    regulariser_control,
+    rows,
+)
 from tests.analysis.stores import write_run
 
 DEEP = {"network": {"preset": "cifar10_deep"}, "data": {"kind": "npz"}, "train": {"epochs": 2}}
@@ -73,7 +78,8 @@ def test_the_angle_against_the_orthogonality_of_the_layers_above(tmp_path):
     # last epoch: mean error above 0.3867, mean angle 12.33; the angle rises with the error above: rank correlation 1
     assert [c.strip() for c in row[2:6]] == ["gp · cifar10_deep", "0.3867", "12.33", "1.00"]
     assert main([str(tmp_path), "--out", str(tmp_path / "report")]) == 0
-    assert "### GP's angle and the orthogonality of the layers above" in (tmp_path / "report" / "numbers.md").read_text()
+    numbers = (tmp_path / "report" / "numbers.md").read_text()
+    assert "### GP's angle and the orthogonality of the layers above" in numbers
     image = matplotlib.image.imread(tmp_path / "report" / "figures" / "orthogonality_cifar10_deep.png")
     assert image.shape[0] > 100 and image.std() > 0
 
