@@ -3,22 +3,33 @@ everything that cannot be started from is refused before any store is touched.""
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 from sim.errors import ConfigError
 from sim.run import run
 
 
-@pytest.fixture
-def source(tmp_path, tiny_config, one_thread):
-    """A finished 2-epoch GP run on the digits (float64), and its config."""
-    cfg = tiny_config(train={"epochs": 2, "batch_size": 32, "seed": 0, "dtype": "float64"})
-    return run(cfg, tmp_path / "source.zarr", progress=False), cfg
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A finished 2-epoch GP run on the digits (float64), and its config: trained once for the module's tests,
+    which only read it (the one that passes it as its own output is refused before touching it)."""
+    from tests.conftest import TINY
+
+    cfg = copy.deepcopy(TINY)
+    cfg["train"] = {"epochs": 2, "batch_size": 32, "seed": 0, "dtype": "float64"}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run(cfg, tmp_path_factory.mktemp("source") / "source.zarr", progress=False), cfg
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_a_run_starts_from_the_source_weights(tmp_path, tiny_config, source):
