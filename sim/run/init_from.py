@@ -24,6 +24,8 @@ from sim.run.log import log
 
 #: the ``Network.state_dict`` entries taken from the source: each layer's parameters
 PREFIX = "layers."
+#: what to give instead of a path that cannot be read
+GIVE = "give the run store to start from, e.g. results/<study>/<experiment>/rule~gp/seed~0/run.zarr"
 
 
 def load_initial_weights(net: Network, source: str | Path) -> dict[str, object]:
@@ -38,9 +40,12 @@ def load_initial_weights(net: Network, source: str | Path) -> dict[str, object]:
     """
     path = Path(source)
     where = "train.init_from"
-    if not path.exists():
-        raise ConfigError.at(where, f"{path} does not exist; give the run store to start from, e.g. "
-                                    "results/<study>/<experiment>/rule~gp/seed~0/run.zarr")
+    try:
+        exists = path.exists()
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise ConfigError.at(where, f"{str(path)[:200]} cannot be looked up ({exc.strerror}); {GIVE}") from None
+    if not exists:
+        raise ConfigError.at(where, f"{path} does not exist; {GIVE}")
     attrs = read_attrs(path) if path.is_dir() else None
     if attrs is None or "config" not in attrs:
         raise ConfigError.at(where, f"{path} is not a gaitsim run store (no zarr.json with a run config); give the "

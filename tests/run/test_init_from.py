@@ -73,6 +73,8 @@ def test_what_cannot_be_started_from_is_refused(tmp_path, tiny_config, source):
     out = tmp_path / "out.zarr"
     with pytest.raises(ConfigError, match=r"train\.init_from: .*missing\.zarr does not exist"):
         run(_with_init_from(tiny_config, tmp_path / "missing.zarr"), out, progress=False)
+    with pytest.raises(ConfigError, match=r"train\.init_from: a{200} cannot be looked up \(File name too long\)"):
+        run(_with_init_from(tiny_config, "a" * 5000), out, progress=False)
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "notes.txt").write_text("not a store")
     with pytest.raises(ConfigError, match=r"train\.init_from: .*folder is not a gaitsim run store"):
